@@ -1,0 +1,248 @@
+"""Compile a DPP CVXPY problem once into a ParametricConeProgram.
+
+CVXPY does the canonicalization: we take its parametrized SCS problem data
+(``ParamConeProg``, with the quadratic objective kept) and only re-express it as sparse
+affine maps in SCS's sign convention, plus the linear recovery of the requested
+variables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cvxpy as cp
+import numpy as np
+import scipy.sparse as sp
+from cvxpy.reductions.cvx_attr2constr import batched_upper_tri_to_full
+
+from canonicalize.cones import ConeDims
+from canonicalize.errors import CanonicalizationError
+from canonicalize.program import (
+    ParameterSlot,
+    ParametricConeProgram,
+    Recovery,
+    SparseDataMap,
+)
+
+_SYMMETRIC_ATTRS = ("symmetric", "PSD", "NSD")
+
+
+def _label(expr: cp.Expression) -> str:
+    name = expr.name()
+    return f"'{name}' (shape {expr.shape})"
+
+
+def _check_problem(problem: cp.Problem) -> None:
+    if not isinstance(problem, cp.Problem):
+        raise CanonicalizationError(
+            f"expected a cvxpy.Problem, got {type(problem).__name__}"
+        )
+    if not problem.is_dcp():
+        raise CanonicalizationError(
+            "the problem is not DCP (disciplined convex): CVXPY cannot prove it convex, "
+            "so it cannot be turned into a cone program"
+        )
+    if not problem.is_dcp(dpp=True):
+        raise CanonicalizationError(
+            "the problem is DCP but not DPP: some parameter enters non-affinely "
+            "(e.g. a product of two parameters, or a parameter inside a nonlinear "
+            "atom); see CVXPY's 'Disciplined Parametrized Programming' rules"
+        )
+
+
+def _check_parameters(problem: cp.Problem, parameters: Sequence[cp.Parameter]) -> None:
+    if not isinstance(parameters, (list, tuple)):
+        raise CanonicalizationError(
+            f"parameters must be a list or tuple of cvxpy.Parameter, got "
+            f"{type(parameters).__name__}"
+        )
+    for p in parameters:
+        if not isinstance(p, cp.Parameter):
+            raise CanonicalizationError(
+                f"parameters must be cvxpy.Parameter objects; got {type(p).__name__}"
+            )
+    ids = [p.id for p in parameters]
+    if len(set(ids)) != len(ids):
+        raise CanonicalizationError("a parameter is listed twice in parameters")
+    in_problem = {p.id: p for p in problem.parameters()}
+    missing = [p for pid, p in in_problem.items() if pid not in ids]
+    extra = [p for p in parameters if p.id not in in_problem]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append("missing from the list: " + ", ".join(_label(p) for p in missing))
+        if extra:
+            parts.append("not in the problem: " + ", ".join(_label(p) for p in extra))
+        raise CanonicalizationError(
+            "the layer's parameters must exactly match problem.parameters(); "
+            + "; ".join(parts)
+        )
+    for p in parameters:
+        if any(p.attributes.get(a) for a in _SYMMETRIC_ATTRS):
+            raise CanonicalizationError(
+                f"parameter {_label(p)} is declared symmetric/PSD/NSD, which is not "
+                "supported yet; declare it without the attribute and symmetrize it in "
+                "the problem (e.g. (S + S.T) / 2)"
+            )
+
+
+def _check_variables(problem: cp.Problem, variables: Sequence[cp.Variable]) -> None:
+    if not isinstance(variables, (list, tuple)):
+        raise CanonicalizationError(
+            f"variables must be a list or tuple of cvxpy.Variable, got "
+            f"{type(variables).__name__}"
+        )
+    in_problem = {v.id for v in problem.variables()}
+    for v in variables:
+        if not isinstance(v, cp.Variable):
+            raise CanonicalizationError(
+                f"variables must be cvxpy.Variable objects; got {type(v).__name__}"
+            )
+        if v.id not in in_problem:
+            raise CanonicalizationError(
+                f"variable {_label(v)} is not a variable of the problem: the "
+                "requested variables must be a subset of problem.variables()"
+            )
+
+
+def _sparse_map(reduced, fallback_shape: tuple[int, int]) -> SparseDataMap:
+    """SparseDataMap from a CVXPY ReducedMat (already cached by get_problem_data)."""
+    reduced.cache()
+    if reduced.problem_data_index is None:
+        n_cols = reduced.reduced_mat.shape[1]
+        return SparseDataMap(
+            shape=fallback_shape,
+            indices=np.zeros(0, dtype=np.int64),
+            indptr=np.zeros(fallback_shape[1] + 1, dtype=np.int64),
+            values_map=sp.csr_matrix((0, n_cols)),
+        )
+    indices, indptr, shape = reduced.problem_data_index
+    return SparseDataMap(
+        shape=(int(shape[0]), int(shape[1])),
+        indices=np.asarray(indices, dtype=np.int64),
+        indptr=np.asarray(indptr, dtype=np.int64),
+        values_map=sp.csr_matrix(reduced.reduced_mat, dtype=np.float64),
+    )
+
+
+def _cone_dims(dims) -> ConeDims:
+    power_3d = tuple(float(a) for a in getattr(dims, "p3d", ()) or ())
+    power_nd = getattr(dims, "pnd", None) or ()
+    if power_nd:
+        raise CanonicalizationError(
+            "the problem uses n-dimensional power cones, which SCS does not support"
+        )
+    return ConeDims(
+        zero=int(dims.zero),
+        nonneg=int(dims.nonneg),
+        soc=tuple(int(q) for q in dims.soc),
+        psd=tuple(int(s) for s in dims.psd),
+        exp=int(dims.exp),
+        exp_dual=0,
+        power=power_3d,
+    )
+
+
+def _variable_recovery(var: cp.Variable, param_prog, n: int) -> Recovery:
+    col = param_prog.var_id_to_col.get(var.id)
+    if col is None:
+        raise CanonicalizationError(
+            f"variable {_label(var)} does not appear in the canonicalized problem "
+            "(CVXPY eliminated it); it cannot be an output"
+        )
+    reduced = {v.id: v for v in param_prog.variables}[var.id]
+    size = int(reduced.size)
+    select = sp.csr_matrix(
+        (np.ones(size), (np.arange(size), col + np.arange(size))), shape=(size, n)
+    )
+    if size == var.size:
+        matrix = select
+    elif any(var.attributes.get(a) for a in _SYMMETRIC_ATTRS) and len(var.shape) == 2:
+        fill = sp.csr_matrix(batched_upper_tri_to_full(1, var.shape[-1]))
+        matrix = sp.csr_matrix(fill @ select)
+    else:
+        raise CanonicalizationError(
+            f"variable {_label(var)} has attributes whose recovery is not supported yet "
+            f"({ {k: v for k, v in var.attributes.items() if v} })"
+        )
+    return Recovery(name=var.name(), shape=tuple(var.shape), source="x", matrix=matrix)
+
+
+def compile_problem(
+    problem: cp.Problem,
+    parameters: Sequence[cp.Parameter],
+    variables: Sequence[cp.Variable],
+) -> ParametricConeProgram:
+    """Compile ``problem`` into a ParametricConeProgram whose θ lists ``parameters``.
+
+    Raises CanonicalizationError naming the offender for non-DCP/non-DPP problems,
+    parameter lists that differ from the problem's, and variables not in the problem.
+    """
+    _check_problem(problem)
+    _check_parameters(problem, parameters)
+    _check_variables(problem, variables)
+
+    data, _chain, _inverse = problem.get_problem_data(
+        cp.SCS, enforce_dpp=True, solver_opts={"use_quad_obj": True}
+    )
+    param_prog = data[cp.settings.PARAM_PROB]
+    n = int(param_prog.x.size)
+    dims = _cone_dims(param_prog.cone_dims)
+    m = dims.size
+
+    # [A | b] of CVXPY's "Ax + b ∈ K" form, as one CSC pattern with b as last column.
+    aug = _sparse_map(param_prog.reduced_A, (m, n + 1))
+    split = int(aug.indptr[n])
+    # SCS form: A_scs = -A_cvx, b_scs = b_cvx.
+    A = SparseDataMap(
+        shape=(m, n),
+        indices=aug.indices[:split],
+        indptr=aug.indptr[: n + 1],
+        values_map=sp.csr_matrix(-aug.values_map[:split]),
+    )
+    b_rows = aug.indices[split:]
+    scatter = sp.csr_matrix(
+        (np.ones(b_rows.size), (b_rows, np.arange(b_rows.size))), shape=(m, b_rows.size)
+    )
+    b_map = sp.csr_matrix(scatter @ aug.values_map[split:])
+
+    q = sp.csr_matrix(param_prog.q, dtype=np.float64)
+    c_map, offset_map = q[:n], q[n : n + 1]
+
+    P = None
+    if param_prog.P is not None:
+        P = _sparse_map(param_prog.reduced_P, (n, n))
+        if P.nnz == 0:
+            P = None
+
+    slots = []
+    for p in parameters:
+        offset = param_prog.param_id_to_col.get(p.id)
+        if offset is None:
+            raise CanonicalizationError(
+                f"parameter {_label(p)} was eliminated by CVXPY's canonicalization"
+            )
+        slots.append(
+            ParameterSlot(
+                name=p.name(),
+                shape=tuple(p.shape),
+                offset=int(offset),
+                size=int(p.size),
+                nonneg=bool(p.attributes.get("nonneg")),
+                nonpos=bool(p.attributes.get("nonpos")),
+            )
+        )
+
+    recoveries = tuple(_variable_recovery(v, param_prog, n) for v in variables)
+    return ParametricConeProgram(
+        n=n,
+        m=m,
+        dims=dims,
+        parameters=tuple(slots),
+        A=A,
+        P=P,
+        b_map=b_map,
+        c_map=sp.csr_matrix(c_map),
+        offset_map=sp.csr_matrix(offset_map),
+        recoveries=recoveries,
+    )

@@ -1,0 +1,147 @@
+"""The parametric cone program: an affine map θ ↦ (P, A, b, c) and the recovery of the
+user's variables from the cone solution, each with its adjoint.
+
+Sign conventions are SCS's: min ½xᵀPx + cᵀx s.t. Ax + s = b, s ∈ K. P is stored as the
+full symmetric matrix (both triangles), so ½xᵀPx and Px use it as is.
+
+Every data array is one sparse product away from the stacked parameter vector
+θ̃ = [θ; 1] (the trailing 1 carries the constants), and batches are columns: the map of a
+batch of B parameter vectors is one sparse-dense product.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from canonicalize.cones import ConeDims
+
+
+@dataclass(frozen=True)
+class ParameterSlot:
+    """Where one user parameter lives in θ (values flattened in column-major order)."""
+
+    name: str
+    shape: tuple[int, ...]
+    offset: int
+    size: int
+    nonneg: bool = False
+    nonpos: bool = False
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """A user-visible output as a linear function of the cone solution.
+
+    ``vec_F(output) = matrix @ source_vector``, with ``source`` naming the vector of the
+    cone solution it reads: ``"x"`` (primal) or ``"y"`` (dual).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    source: str
+    matrix: sp.csr_matrix
+
+    def apply(self, vec: np.ndarray) -> np.ndarray:
+        """The output's values from one source vector (or a (len, B) batch as columns)."""
+        return self.matrix @ vec
+
+    def adjoint(self, grad: np.ndarray) -> np.ndarray:
+        """The gradient on the source vector from the gradient on the output's vec_F."""
+        return self.matrix.T @ grad
+
+
+@dataclass(frozen=True)
+class SparseDataMap:
+    """An affine map θ̃ ↦ the nonzeros of a sparse matrix with a fixed CSC pattern."""
+
+    shape: tuple[int, int]
+    indices: np.ndarray
+    indptr: np.ndarray
+    values_map: sp.csr_matrix  # (nnz, len(θ̃))
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indices.size)
+
+    @property
+    def is_constant(self) -> bool:
+        """True when no parameter enters (only the last column of the map is used)."""
+        return self.values_map[:, :-1].count_nonzero() == 0
+
+    def values(self, theta_tilde: np.ndarray) -> np.ndarray:
+        """Nonzero values for θ̃ of shape (p+1,) or (p+1, B)."""
+        return self.values_map @ theta_tilde
+
+    def matrix(self, values: np.ndarray) -> sp.csc_matrix:
+        """The sparse matrix with the given nonzero values (one instance)."""
+        return sp.csc_matrix((values, self.indices, self.indptr), shape=self.shape)
+
+    def row_col(self) -> tuple[np.ndarray, np.ndarray]:
+        """Row and column index of each stored entry, in storage order."""
+        cols = np.repeat(np.arange(self.shape[1]), np.diff(self.indptr))
+        return self.indices, cols
+
+
+@dataclass(frozen=True)
+class ParametricConeProgram:
+    """θ ↦ (P, A, b, c) over a fixed cone, with the recovery of the user's outputs.
+
+    ``A`` and ``P`` give nonzero values on fixed CSC patterns; ``b_map`` and ``c_map``
+    are dense-row maps (m × (p+1) and n × (p+1)); ``offset_map`` gives the constant
+    objective offset (1 × (p+1)).
+    """
+
+    n: int
+    m: int
+    dims: ConeDims
+    parameters: tuple[ParameterSlot, ...]
+    A: SparseDataMap
+    P: SparseDataMap | None
+    b_map: sp.csr_matrix
+    c_map: sp.csr_matrix
+    offset_map: sp.csr_matrix
+    recoveries: tuple[Recovery, ...] = field(default=())
+
+    @property
+    def num_theta(self) -> int:
+        """Length p of the parameter vector θ (without the trailing 1)."""
+        return self.c_map.shape[1] - 1
+
+    def theta_tilde(self, theta: np.ndarray) -> np.ndarray:
+        """Append the constant 1 to θ of shape (p,) or (p, B)."""
+        theta = np.asarray(theta, dtype=np.float64)
+        ones = np.ones((1,) + theta.shape[1:])
+        return np.concatenate([theta, ones], axis=0)
+
+    def data(self, theta: np.ndarray) -> dict[str, np.ndarray]:
+        """Problem data for θ of shape (p,) or (p, B): nonzero values of A and P, b, c."""
+        tt = self.theta_tilde(theta)
+        out = {
+            "A_values": self.A.values(tt),
+            "b": self.b_map @ tt,
+            "c": self.c_map @ tt,
+            "offset": self.offset_map @ tt,
+        }
+        out["P_values"] = self.P.values(tt) if self.P is not None else None
+        return out
+
+    def data_adjoint(
+        self,
+        A_values_bar: np.ndarray,
+        b_bar: np.ndarray,
+        c_bar: np.ndarray,
+        P_values_bar: np.ndarray | None = None,
+        offset_bar: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """θ̄ from the gradients on the data (each of shape (·,) or (·, B)): the adjoint of
+        ``data``, without the constant's row."""
+        theta_bar = self.A.values_map.T @ A_values_bar
+        theta_bar = theta_bar + self.b_map.T @ b_bar + self.c_map.T @ c_bar
+        if P_values_bar is not None and self.P is not None:
+            theta_bar = theta_bar + self.P.values_map.T @ P_values_bar
+        if offset_bar is not None:
+            theta_bar = theta_bar + self.offset_map.T @ offset_bar
+        return np.asarray(theta_bar)[:-1]

@@ -1,0 +1,76 @@
+"""The interface every cone implements: projection onto the dual cone, a Clarke
+Jacobian of that projection as a linear operator, and the distance to its kinks.
+
+A *block* is a run of cones of one kind laid out contiguously (all nonnegative rows,
+all second-order cones, ...), so that each kind can vectorize over its cones.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Literal
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.linalg import LinearOperator
+
+Selection = Literal["lower", "upper"]
+"""Which element of the Clarke Jacobian to use at (or within ``kink_tol`` of) a kink.
+
+``"lower"`` (the default) takes the smallest element in the Loewner order among the
+adjacent smooth pieces (for the nonnegative cone, q = 0 at v = 0, as autograd of relu);
+``"upper"`` the largest (q = 1).
+"""
+
+SELECTIONS: tuple[Selection, ...] = ("lower", "upper")
+
+
+class ConeJacobian(LinearOperator):
+    """A symmetric Clarke-Jacobian element J of a cone projection, as an operator.
+
+    ``matvec``/``rmatvec`` are matrix-free; ``tosparse`` gives the same matrix as a
+    SciPy sparse matrix (for direct factorizations of small systems).
+    """
+
+    def __init__(self, size: int) -> None:
+        super().__init__(dtype=np.float64, shape=(size, size))
+
+    def _rmatvec(self, x: np.ndarray) -> np.ndarray:
+        return self._matvec(x)
+
+    def _adjoint(self) -> ConeJacobian:
+        return self
+
+    @abstractmethod
+    def tosparse(self) -> sp.csc_matrix:
+        """J as a sparse CSC matrix."""
+
+
+class ConeBlock(ABC):
+    """A run of cones of one kind, ``size`` rows in all."""
+
+    size: int
+
+    @abstractmethod
+    def project_dual(self, v: np.ndarray) -> np.ndarray:
+        """Π_{K*}(v), the Euclidean projection onto the dual cone."""
+
+    @abstractmethod
+    def project(self, v: np.ndarray) -> np.ndarray:
+        """Π_K(v), the Euclidean projection onto the cone itself."""
+
+    @abstractmethod
+    def jacobian_dual(
+        self, v: np.ndarray, selection: Selection = "lower", kink_tol: float = 0.0
+    ) -> ConeJacobian:
+        """An element of the Clarke Jacobian of Π_{K*} at v.
+
+        Points within ``kink_tol`` (see ``kink_distance``) of a kink are treated as on
+        it, and get the element named by ``selection``.
+        """
+
+    @abstractmethod
+    def kink_distance(self, v: np.ndarray) -> np.ndarray:
+        """Distance of v to the kink set of Π_{K*}, one entry per elementary cone
+        (per row for the nonnegative cone, per cone otherwise); 0 on a kink, ``inf``
+        for cones with no kinks."""

@@ -1,0 +1,346 @@
+"""The framework-free core of a layer: validate parameter values, map them to cone
+programs, solve the batch, recover the requested variables, and differentiate.
+
+The torch and jax adapters only convert arrays and wire ``vjp``/``jvp`` into their
+autodiff systems; every rule about shapes, batches, errors and warnings lives here.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import cvxpy as cp
+import numpy as np
+
+from canonicalize import CanonicalizationError, ParametricConeProgram, compile_problem
+from conelayers.cones import ProductCone, Selection
+from conelayers.derivative import Pattern, SolutionDerivative
+from conelayers.exceptions import (
+    InaccurateSolutionWarning,
+    InfeasibleError,
+    ParameterError,
+    ProblemError,
+    SolverError,
+    UnboundedError,
+    describe_failures,
+)
+from conelayers.residual import ResidualMap, newton_refine
+from conelayers.solvers.scs import (
+    SOLVED_INACCURATE,
+    ConeProgram,
+    ConeSolution,
+    normalize_settings,
+    solve_batch,
+)
+
+# Keys of solver_args that configure conelayers itself rather than SCS.
+_OWN_KEYS = ("refine", "selection", "linear_solver_method", "n_jobs")
+
+
+def vec_batch(arr: np.ndarray) -> np.ndarray:
+    """(B, *shape) → (size, B): each instance flattened in column-major (CVXPY) order."""
+    axes = (0,) + tuple(range(arr.ndim - 1, 0, -1))
+    return arr.transpose(axes).reshape(arr.shape[0], -1).T
+
+
+def unvec_batch(vec: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """(size, B) → (B, *shape), the inverse of ``vec_batch``."""
+    B = vec.shape[1]
+    out = vec.T.reshape((B,) + tuple(reversed(shape)))
+    return out.transpose((0,) + tuple(range(len(shape), 0, -1)))
+
+
+@dataclass
+class ForwardResult:
+    """Everything the backward pass needs, per instance of the batch. The derivative of
+    an instance is set up on first use, so a forward pass without gradients does none
+    of that work."""
+
+    batch: int | None  # None: no input had a batch dimension
+    outputs: list[np.ndarray]  # one per requested variable, shape (B, *shape)
+    solutions: list[ConeSolution]
+    batched_inputs: list[bool]
+    residuals: list[ResidualMap]
+    points: list[np.ndarray]  # z = (x, y − s) per instance, after refinement
+    A_pattern: Pattern
+    P_pattern: Pattern | None
+    selection: Selection = "lower"
+    method: str = "auto"
+    _derivatives: dict = field(default_factory=dict)
+
+    def derivative(self, k: int) -> SolutionDerivative:
+        if k not in self._derivatives:
+            residual, z = self.residuals[k], self.points[k]
+            x, y, s = residual.solution_from_z(z)
+            jac = residual.jacobian(z, selection=self.selection)
+            self._derivatives[k] = SolutionDerivative(
+                jac, x, y, s, self.A_pattern, self.P_pattern, self.method
+            )
+        return self._derivatives[k]
+
+
+class LayerCore:
+    """A compiled CVXPY problem that maps parameter values to variable values and
+    differentiates that map (NumPy in, NumPy out)."""
+
+    def __init__(
+        self,
+        problem: cp.Problem,
+        parameters: Sequence[cp.Parameter],
+        variables: Sequence[cp.Variable],
+        gp: bool = False,
+        solver_args: dict | None = None,
+    ) -> None:
+        if gp:
+            raise ProblemError("gp=True (log-log convex problems) is not supported yet")
+        try:
+            self.program: ParametricConeProgram = compile_problem(
+                problem, parameters, variables
+            )
+        except CanonicalizationError as err:
+            raise ProblemError(str(err)) from err
+        try:
+            self.cone = ProductCone(self.program.dims)
+        except NotImplementedError as err:
+            raise ProblemError(str(err)) from err
+        self.problem = problem
+        self.parameters = list(parameters)
+        self.variables = list(variables)
+        self.solver_args = dict(solver_args or {})
+        A_rows, A_cols = self.program.A.row_col()
+        self.A_pattern = Pattern(A_rows, A_cols, self.program.A.shape)
+        self.P_pattern = None
+        if self.program.P is not None:
+            P_rows, P_cols = self.program.P.row_col()
+            self.P_pattern = Pattern(P_rows, P_cols, self.program.P.shape)
+
+    # -- inputs -------------------------------------------------------------------------
+    def parameter_values(
+        self, values: Sequence[np.ndarray]
+    ) -> tuple[np.ndarray, int | None, list[bool]]:
+        """Validate the values (one per parameter, optional leading batch axis) and stack
+        them into θ of shape (p, B). Returns (θ, batch size or None, which were batched)."""
+        if len(values) != len(self.parameters):
+            raise ParameterError(
+                f"expected {len(self.parameters)} parameter values (one for each of "
+                f"{', '.join(s.name for s in self.program.parameters)}), got {len(values)}"
+            )
+        arrays, batched, batch = [], [], None
+        for slot, value in zip(self.program.parameters, values):
+            if value is None:
+                raise ParameterError(f"parameter '{slot.name}': got None, expected an array")
+            arr = np.asarray(value)
+            if arr.dtype.kind == "c":
+                raise ParameterError(
+                    f"parameter '{slot.name}': complex values are not supported"
+                )
+            if arr.dtype.kind not in "f":
+                raise ParameterError(
+                    f"parameter '{slot.name}': expected a floating-point array, got dtype "
+                    f"{arr.dtype}"
+                )
+            if arr.shape == slot.shape:
+                is_batched = False
+            elif arr.ndim == len(slot.shape) + 1 and arr.shape[1:] == slot.shape:
+                is_batched = True
+                if batch is not None and arr.shape[0] != batch:
+                    raise ParameterError(
+                        f"inconsistent batch sizes: parameter '{slot.name}' has batch size "
+                        f"{arr.shape[0]}, an earlier parameter has {batch}"
+                    )
+                batch = arr.shape[0]
+            elif arr.ndim > len(slot.shape) + 1:
+                raise ParameterError(
+                    f"invalid parameter dimensionality for '{slot.name}': expected shape "
+                    f"{slot.shape} or (batch, *{slot.shape}), got {arr.shape}"
+                )
+            else:
+                raise ParameterError(
+                    f"invalid parameter shape for '{slot.name}': expected {slot.shape} or "
+                    f"(batch, *{slot.shape}), got {arr.shape}"
+                )
+            arr = arr.astype(np.float64)
+            if not np.all(np.isfinite(arr)):
+                raise ParameterError(f"parameter '{slot.name}' contains NaN or Inf")
+            if slot.nonneg and np.any(arr < 0):
+                raise ParameterError(
+                    f"parameter '{slot.name}' is declared nonneg but has negative entries "
+                    f"(min {arr.min():.3g})"
+                )
+            if slot.nonpos and np.any(arr > 0):
+                raise ParameterError(
+                    f"parameter '{slot.name}' is declared nonpos but has positive entries "
+                    f"(max {arr.max():.3g})"
+                )
+            arrays.append(arr)
+            batched.append(is_batched)
+        if batch == 0:
+            raise ParameterError("empty batch: the batch dimension has size 0")
+        B = batch if batch is not None else 1
+        theta = np.zeros((self.program.num_theta, B))
+        for slot, arr, is_batched in zip(self.program.parameters, arrays, batched):
+            flat = vec_batch(arr) if is_batched else arr.ravel(order="F")[:, None]
+            theta[slot.offset : slot.offset + slot.size, :] = flat
+        return theta, batch, batched
+
+    # -- forward ------------------------------------------------------------------------
+    def _settings(self, solver_args: dict | None) -> tuple[dict, dict]:
+        merged = {**self.solver_args, **(solver_args or {})}
+        own = {k: merged.pop(k) for k in _OWN_KEYS if k in merged}
+        return normalize_settings(merged), own
+
+    def instances(self, theta: np.ndarray) -> list[ConeProgram]:
+        """The cone program of each column of θ (matrices shared when constant)."""
+        prog = self.program
+        data = prog.data(theta)
+        B = theta.shape[1]
+        A_const = prog.A.is_constant
+        P_const = prog.P is None or prog.P.is_constant
+        A0 = prog.A.matrix(data["A_values"][:, 0]) if A_const else None
+        P0 = None
+        if prog.P is not None and P_const:
+            P0 = prog.P.matrix(data["P_values"][:, 0])
+        out = []
+        for k in range(B):
+            A = A0 if A_const else prog.A.matrix(data["A_values"][:, k])
+            P = P0 if P_const else prog.P.matrix(data["P_values"][:, k])
+            out.append(
+                ConeProgram(A=A, b=data["b"][:, k], c=data["c"][:, k], dims=prog.dims, P=P)
+            )
+        return out
+
+    def forward(
+        self,
+        values: Sequence[np.ndarray],
+        solver_args: dict | None = None,
+    ) -> ForwardResult:
+        """Solve every instance (refined by Newton steps unless ``refine=False``) and
+        recover the outputs."""
+        theta, batch, batched = self.parameter_values(values)
+        settings, own = self._settings(solver_args)
+        programs = self.instances(theta)
+        solutions = solve_batch(programs, settings, n_jobs=own.get("n_jobs"))
+        self._raise_on_failures(solutions)
+
+        refine = own.get("refine", True)
+        selection: Selection = own.get("selection", "lower")
+        xs, ys, residuals, points = [], [], [], []
+        for prog, sol in zip(programs, solutions):
+            residual = ResidualMap(prog, self.cone)
+            z = residual.z_from_solution(sol.x, sol.y, sol.s)
+            if refine:
+                z, _info = newton_refine(residual, z, selection=selection)
+            x, y, _s = residual.solution_from_z(z)
+            xs.append(x)
+            ys.append(y)
+            residuals.append(residual)
+            points.append(z)
+        X = np.stack(xs, axis=1)
+        Y = np.stack(ys, axis=1)
+        outputs = [
+            unvec_batch(rec.apply(X if rec.source == "x" else Y), rec.shape)
+            for rec in self.program.recoveries
+        ]
+        return ForwardResult(
+            batch=batch,
+            outputs=outputs,
+            solutions=solutions,
+            batched_inputs=batched,
+            residuals=residuals,
+            points=points,
+            A_pattern=self.A_pattern,
+            P_pattern=self.P_pattern,
+            selection=selection,
+            method=own.get("linear_solver_method", "auto"),
+        )
+
+    def _raise_on_failures(self, solutions: list[ConeSolution]) -> None:
+        failures = {i: s.status for i, s in enumerate(solutions) if not s.has_solution}
+        if failures:
+            statuses = set(failures.values())
+            text = describe_failures(failures)
+            if statuses <= {"infeasible", "infeasible_inaccurate"}:
+                raise InfeasibleError(f"the problem is infeasible ({text})", failures)
+            if statuses <= {"unbounded", "unbounded_inaccurate"}:
+                raise UnboundedError(f"the problem is unbounded ({text})", failures)
+            raise SolverError(f"SCS did not solve the problem ({text})", failures)
+        inaccurate = [i for i, s in enumerate(solutions) if s.status == SOLVED_INACCURATE]
+        if inaccurate:
+            details = ", ".join(
+                f"instance {i}: {solutions[i].iterations} iterations, primal residual "
+                f"{solutions[i].primal_residual:.2e}, dual residual "
+                f"{solutions[i].dual_residual:.2e}"
+                for i in inaccurate
+            )
+            warnings.warn(
+                f"SCS returned 'solved_inaccurate' ({details}); raise max_iters or adjust "
+                "eps_abs/eps_rel in solver_args",
+                InaccurateSolutionWarning,
+                stacklevel=4,
+            )
+
+    # -- derivatives ----------------------------------------------------------------------
+    def vjp(self, result: ForwardResult, output_grads: Sequence[np.ndarray | None]) -> list:
+        """Gradients on each parameter from gradients on each output (shape (B, *shape)).
+
+        Returns one array per parameter, batched (B, *shape) when that input was batched,
+        summed over the batch otherwise.
+        """
+        prog = self.program
+        B = len(result.solutions)
+        theta_bar = np.zeros((prog.num_theta, B))
+        for k in range(B):
+            xbar = np.zeros(prog.n)
+            ybar = np.zeros(prog.m)
+            for rec, g in zip(prog.recoveries, output_grads):
+                if g is None:
+                    continue
+                flat = np.asarray(g[k], dtype=np.float64).ravel(order="F")
+                if rec.source == "x":
+                    xbar += rec.adjoint(flat)
+                else:
+                    ybar += rec.adjoint(flat)
+            if not (xbar.any() or ybar.any()):
+                continue
+            A_bar, b_bar, c_bar, P_bar = result.derivative(k).vjp(xbar, ybar, np.zeros(prog.m))
+            theta_bar[:, k] = prog.data_adjoint(A_bar, b_bar, c_bar, P_bar)
+        return self._split_theta(theta_bar, result.batched_inputs)
+
+    def jvp(self, result: ForwardResult, tangents: Sequence[np.ndarray | None]) -> list:
+        """Tangents of each output (B, *shape) from tangents of each parameter."""
+        prog = self.program
+        B = len(result.solutions)
+        dtheta = np.zeros((prog.num_theta, B))
+        for slot, t, is_batched in zip(prog.parameters, tangents, result.batched_inputs):
+            if t is None:
+                continue
+            t = np.asarray(t, dtype=np.float64)
+            rows = slice(slot.offset, slot.offset + slot.size)
+            dtheta[rows] = vec_batch(t) if is_batched else t.ravel(order="F")[:, None]
+        dtt = np.concatenate([dtheta, np.zeros((1, B))])  # constants do not move
+        dA = prog.A.values(dtt)
+        db, dc = prog.b_map @ dtt, prog.c_map @ dtt
+        dP = prog.P.values(dtt) if prog.P is not None else None
+        dX, dY = np.zeros((prog.n, B)), np.zeros((prog.m, B))
+        for k in range(B):
+            dx, dy, _ = result.derivative(k).jvp(
+                dA[:, k], db[:, k], dc[:, k], dP[:, k] if dP is not None else None
+            )
+            dX[:, k], dY[:, k] = dx, dy
+        outs = []
+        for rec in prog.recoveries:
+            vec = rec.apply(dX if rec.source == "x" else dY)
+            outs.append(unvec_batch(vec, rec.shape))
+        return outs
+
+    def _split_theta(self, theta_bar: np.ndarray, batched: list[bool]) -> list[np.ndarray]:
+        grads = []
+        for slot, is_batched in zip(self.program.parameters, batched):
+            block = theta_bar[slot.offset : slot.offset + slot.size]  # (size, B)
+            if is_batched:
+                grads.append(unvec_batch(block, slot.shape))
+            else:
+                grads.append(block.sum(axis=1).reshape(slot.shape, order="F"))
+        return grads

@@ -1,0 +1,213 @@
+"""The residual map N(z) = (Q − I)Π(z) + V + z of a cone program and its z-Jacobian U.
+
+For min ½xᵀPx + cᵀx s.t. Ax + s = b, s ∈ K, with z = (u, v) ∈ ℝⁿ × ℝᵐ,
+Π(z) = (u, Π_{K*}(v)), Q = [[P, Aᵀ], [−A, 0]] and V = (c, b):
+
+    N(z) = (Pu + AᵀΠ_{K*}(v) + c,  b − Au − Π_{K*}(v) + v),
+
+which vanishes exactly at z = (x, y − s) for a KKT point (x, y, s). For a Clarke
+Jacobian element J of Π_{K*} at v,
+
+    U = (Q − I)·blkdiag(I, J) + I = [[P, AᵀJ], [−A, I − J]].
+
+U is singular only where something real happens (a non-unique or degenerate point, or a
+non-unique auxiliary variable), unlike the homogeneous embedding's map, which is
+singular at every solution (DESIGN.md §2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+
+from conelayers.cones import ConeJacobian, ProductCone, Selection
+from conelayers.solvers.scs import ConeProgram
+
+DIRECT_MAX_SIZE = 4000
+"""Largest n + m for which U is factorized directly (sparse LU) instead of LSQR."""
+
+
+@dataclass(frozen=True)
+class LinearSolveInfo:
+    """How a system with U (or Uᵀ) was solved: method, LSQR stop reason, residual."""
+
+    method: str
+    relative_residual: float
+    iterations: int = 0
+    lsqr_istop: int | None = None
+
+
+class ResidualMap:
+    """N(z) for one cone program, with helpers between z and (x, y, s)."""
+
+    def __init__(self, program: ConeProgram, cone: ProductCone | None = None) -> None:
+        self.program = program
+        self.cone = cone if cone is not None else ProductCone(program.dims)
+        self.n = program.A.shape[1]
+        self.m = program.A.shape[0]
+
+    def z_from_solution(self, x: np.ndarray, y: np.ndarray, s: np.ndarray) -> np.ndarray:
+        return np.concatenate([x, y - s])
+
+    def solution_from_z(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        u, v = z[: self.n], z[self.n :]
+        y = self.cone.project_dual(v)
+        return u.copy(), y, y - v
+
+    def __call__(self, z: np.ndarray) -> np.ndarray:
+        prog = self.program
+        u, v = z[: self.n], z[self.n :]
+        y = self.cone.project_dual(v)
+        top = prog.A.T @ y + prog.c
+        if prog.P is not None:
+            top = top + prog.P @ u
+        return np.concatenate([top, prog.b - prog.A @ u - y + v])
+
+    def jacobian(
+        self, z: np.ndarray, selection: Selection = "lower", kink_tol: float = 0.0
+    ) -> ResidualJacobian:
+        J = self.cone.jacobian_dual(z[self.n :], selection=selection, kink_tol=kink_tol)
+        return ResidualJacobian(self.program, J)
+
+
+class ResidualJacobian:
+    """U = [[P, AᵀJ], [−A, I − J]] as a matrix-free operator, with solves."""
+
+    def __init__(self, program: ConeProgram, J: ConeJacobian) -> None:
+        self.program = program
+        self.J = J
+        self.n = program.A.shape[1]
+        self.m = program.A.shape[0]
+        self.size = self.n + self.m
+        self._lu = None
+        self._lu_failed = False
+
+    # -- products -------------------------------------------------------------------
+    def matvec(self, w: np.ndarray) -> np.ndarray:
+        """U w."""
+        A, P = self.program.A, self.program.P
+        wu, wv = w[: self.n], w[self.n :]
+        Jwv = self.J.matvec(wv)
+        top = A.T @ Jwv
+        if P is not None:
+            top = top + P @ wu
+        return np.concatenate([top, -(A @ wu) + wv - Jwv])
+
+    def rmatvec(self, w: np.ndarray) -> np.ndarray:
+        """Uᵀ w (P and J are symmetric)."""
+        A, P = self.program.A, self.program.P
+        wu, wv = w[: self.n], w[self.n :]
+        top = -(A.T @ wv)
+        if P is not None:
+            top = top + P @ wu
+        return np.concatenate([top, self.J.matvec(A @ wu - wv) + wv])
+
+    def operator(self, transpose: bool = False) -> spla.LinearOperator:
+        mv, rmv = (self.rmatvec, self.matvec) if transpose else (self.matvec, self.rmatvec)
+        return spla.LinearOperator(
+            (self.size, self.size), matvec=mv, rmatvec=rmv, dtype=np.float64
+        )
+
+    def tosparse(self) -> sp.csc_matrix:
+        """U as a sparse matrix."""
+        A = self.program.A
+        P = self.program.P
+        Jm = self.J.tosparse()
+        P_block = P if P is not None else sp.csc_matrix((self.n, self.n))
+        U = sp.bmat(
+            [[P_block, A.T @ Jm], [-A, sp.identity(self.m, format="csc") - Jm]],
+            format="csc",
+        )
+        return U
+
+    # -- solves -----------------------------------------------------------------------
+    def _factor(self):
+        if self._lu is None and not self._lu_failed:
+            try:
+                self._lu = spla.splu(self.tosparse())
+            except RuntimeError:  # exactly singular
+                self._lu_failed = True
+        return self._lu
+
+    def solve(
+        self, rhs: np.ndarray, transpose: bool = False, method: str = "auto"
+    ) -> tuple[np.ndarray, LinearSolveInfo]:
+        """Solve U w = rhs (or Uᵀ w = rhs).
+
+        ``method`` is "direct" (sparse LU), "lsqr" (minimum-norm least squares,
+        matrix-free; right for singular but consistent systems) or "auto": direct for
+        n + m ≤ DIRECT_MAX_SIZE, falling back to LSQR when the factorization is singular
+        or its answer does not solve the system.
+        """
+        rhs = np.asarray(rhs, dtype=np.float64)
+        rhs_norm = float(np.linalg.norm(rhs))
+        if rhs_norm == 0.0:
+            return np.zeros(self.size), LinearSolveInfo("trivial", 0.0)
+        apply = self.rmatvec if transpose else self.matvec
+        use_direct = method == "direct" or (
+            method == "auto" and self.size <= DIRECT_MAX_SIZE
+        )
+        if use_direct:
+            lu = self._factor()
+            if lu is not None:
+                w = lu.solve(rhs, trans="T" if transpose else "N")
+                if np.all(np.isfinite(w)):
+                    res = float(np.linalg.norm(apply(w) - rhs)) / rhs_norm
+                    # A near-singular factorization can return a huge null-space
+                    # component; only accept well-scaled, accurate answers.
+                    if res < 1e-10 and np.linalg.norm(w) < 1e8 * (1.0 + rhs_norm):
+                        return w, LinearSolveInfo("direct", res)
+            if method == "direct":
+                raise np.linalg.LinAlgError("U is singular; use method='lsqr'")
+        return self._lsqr(rhs, transpose, rhs_norm)
+
+    def _lsqr(self, rhs, transpose, rhs_norm):
+        op = self.operator(transpose)
+        out = spla.lsqr(
+            op, rhs, atol=1e-14, btol=1e-14, conlim=1e16, iter_lim=max(20 * self.size, 2000)
+        )
+        w, istop, itn = out[0], int(out[1]), int(out[2])
+        apply = self.rmatvec if transpose else self.matvec
+        res = float(np.linalg.norm(apply(w) - rhs)) / rhs_norm
+        return w, LinearSolveInfo("lsqr", res, iterations=itn, lsqr_istop=istop)
+
+
+@dataclass(frozen=True)
+class RefinementInfo:
+    """What Newton refinement did: steps taken and ‖N(z)‖ before and after."""
+
+    steps: int
+    residual_before: float
+    residual_after: float
+
+
+def newton_refine(
+    residual: ResidualMap,
+    z: np.ndarray,
+    max_steps: int = 3,
+    tol: float = 1e-13,
+    selection: Selection = "lower",
+) -> tuple[np.ndarray, RefinementInfo]:
+    """Semismooth Newton steps on N(z) = 0, z ← z − U⁻¹N(z) (least squares where U is
+    singular), kept only while they decrease ‖N‖. Takes an SCS solution at its default
+    tolerance to machine accuracy in a step or two when the point is regular."""
+    best = np.asarray(z, dtype=np.float64).copy()
+    r0 = float(np.linalg.norm(residual(best)))
+    scale = 1.0 + float(np.linalg.norm(residual.program.b)) + float(
+        np.linalg.norm(residual.program.c)
+    )
+    best_norm, steps = r0, 0
+    for _ in range(max_steps):
+        if best_norm <= tol * scale:
+            break
+        Nz = residual(best)
+        step, _ = residual.jacobian(best, selection=selection).solve(Nz)
+        candidate = best - step
+        cand_norm = float(np.linalg.norm(residual(candidate)))
+        if not np.isfinite(cand_norm) or cand_norm >= best_norm:
+            break
+        best, best_norm, steps = candidate, cand_norm, steps + 1
+    return best, RefinementInfo(steps, r0, best_norm)

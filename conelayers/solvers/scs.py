@@ -1,0 +1,124 @@
+"""SCS on one cone program or a batch of them, with statuses mapped to named errors.
+
+This is the only module that knows SCS's argument names and short cone keys.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import scs
+
+from canonicalize.cones import ConeDims
+
+DEFAULT_SETTINGS: dict = {"eps_abs": 1e-4, "eps_rel": 1e-4, "max_iters": 100_000}
+"""SCS 3.x's own defaults, written out: what a cvxpylayers user gets."""
+
+_STATUS = {
+    1: "solved",
+    2: "solved_inaccurate",
+    -1: "unbounded",
+    -6: "unbounded_inaccurate",
+    -2: "infeasible",
+    -7: "infeasible_inaccurate",
+    -3: "indeterminate",
+    -4: "failed",
+    -5: "interrupted",
+}
+SOLVED = "solved"
+SOLVED_INACCURATE = "solved_inaccurate"
+
+
+@dataclass(frozen=True)
+class ConeProgram:
+    """One instance: min ½xᵀPx + cᵀx s.t. Ax + s = b, s ∈ K (P full symmetric or None)."""
+
+    A: sp.csc_matrix
+    b: np.ndarray
+    c: np.ndarray
+    dims: ConeDims
+    P: sp.csc_matrix | None = None
+
+
+@dataclass(frozen=True)
+class ConeSolution:
+    """SCS's answer for one instance. ``x``, ``y``, ``s`` are NaN when no solution."""
+
+    x: np.ndarray
+    y: np.ndarray
+    s: np.ndarray
+    status: str
+    iterations: int
+    primal_residual: float
+    dual_residual: float
+    gap: float
+    objective: float
+    solve_time: float
+
+    @property
+    def has_solution(self) -> bool:
+        return self.status in (SOLVED, SOLVED_INACCURATE)
+
+
+def normalize_settings(solver_args: dict | None) -> dict:
+    """Merge user settings over the defaults; ``eps`` sets both eps_abs and eps_rel."""
+    settings = dict(DEFAULT_SETTINGS)
+    settings["verbose"] = False
+    if solver_args:
+        args = dict(solver_args)
+        if "eps" in args:
+            eps = args.pop("eps")
+            settings["eps_abs"] = settings["eps_rel"] = eps
+        settings.update(args)
+    return settings
+
+
+def solve(program: ConeProgram, settings: dict | None = None, warm_start=None) -> ConeSolution:
+    """Solve one cone program with SCS."""
+    settings = normalize_settings(settings) if settings is None else dict(settings)
+    data = {"A": program.A, "b": program.b, "c": program.c}
+    if program.P is not None:
+        data["P"] = sp.triu(program.P, format="csc")
+    solver = scs.SCS(data, program.dims.to_scs(), **settings)
+    if warm_start is None:
+        out = solver.solve()
+    else:
+        x0, y0, s0 = warm_start
+        out = solver.solve(warm_start=True, x=x0, y=y0, s=s0)
+    info = out["info"]
+    status = _STATUS.get(int(info["status_val"]), f"unknown ({info['status_val']})")
+    x, y, s = (np.asarray(out[k], dtype=np.float64) for k in ("x", "y", "s"))
+    if status not in (SOLVED, SOLVED_INACCURATE):
+        x, y, s = (np.full_like(v, np.nan) for v in (x, y, s))
+    return ConeSolution(
+        x=x,
+        y=y,
+        s=s,
+        status=status,
+        iterations=int(info["iter"]),
+        primal_residual=float(info["res_pri"]),
+        dual_residual=float(info["res_dual"]),
+        gap=float(info["gap"]),
+        objective=float(info["pobj"]),
+        solve_time=float(info["solve_time"]) / 1000.0,
+    )
+
+
+def _workers(batch: int) -> int:
+    return max(1, min(batch, os.cpu_count() or 1))
+
+
+def solve_batch(
+    programs: list[ConeProgram], settings: dict, n_jobs: int | None = None
+) -> list[ConeSolution]:
+    """Solve every instance (SCS releases the GIL, so threads run in parallel). A failed
+    instance does not stop the others: its status says what happened."""
+    jobs = _workers(len(programs)) if n_jobs is None else max(1, n_jobs)
+    if jobs == 1 or len(programs) == 1:
+        return [solve(p, settings) for p in programs]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(lambda p: solve(p, settings), programs))

@@ -1,0 +1,5 @@
+"""PyTorch adapter: ``from conelayers.torch import CvxpyLayer``."""
+
+from conelayers.torch.layer import CvxpyLayer
+
+__all__ = ["CvxpyLayer"]

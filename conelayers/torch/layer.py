@@ -1,0 +1,161 @@
+"""``CvxpyLayer`` as a ``torch.nn.Module``: a thin adapter over ``LayerCore``.
+
+Reverse mode (``backward``) and forward mode (``jvp``, for ``torch.func.jvp`` and
+``torch.autograd.forward_ad``) both come from the core's implicit derivative.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+
+import cvxpy as cp
+import numpy as np
+import torch
+
+from conelayers.exceptions import ParameterError
+from conelayers.layer import ForwardResult, LayerCore
+
+
+class _Holder:
+    """Carries the core's ForwardResult from ``forward`` to ``setup_context`` (and the
+    conversions the jvp operator needs)."""
+
+    result: ForwardResult | None = None
+    core: LayerCore | None = None
+    dtype: torch.dtype | None = None
+    device: torch.device | None = None
+
+
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to(device="cpu", dtype=torch.float64).numpy()
+
+
+# Forward mode runs the core's NumPy jvp. Under torch.func.jvp the tangents are functorch
+# wrappers whose data cannot be read from Python, so the jvp goes through a custom
+# operator, which functorch treats as an opaque primitive and calls with plain tensors.
+_JVP_CONTEXTS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+@torch.library.custom_op("conelayers::layer_jvp", mutates_args=())
+def _layer_jvp(handle: int, tangents: list[torch.Tensor]) -> list[torch.Tensor]:
+    holder = _JVP_CONTEXTS[handle]
+    result: ForwardResult = holder.result
+    outs = holder.core.jvp(result, [_to_numpy(t) for t in tangents])
+    return [
+        torch.as_tensor(o[0] if result.batch is None else o, dtype=holder.dtype,
+                        device=holder.device)
+        for o in outs
+    ]
+
+
+@_layer_jvp.register_fake
+def _layer_jvp_fake(handle: int, tangents: list[torch.Tensor]) -> list[torch.Tensor]:
+    holder = _JVP_CONTEXTS[handle]
+    return [torch.empty(o.shape[1:] if holder.result.batch is None else o.shape,
+                        dtype=holder.dtype, device=holder.device)
+            for o in holder.result.outputs]
+
+
+class _LayerFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(core: LayerCore, solver_args, holder: _Holder, dtype, device, *params):
+        result = core.forward([_to_numpy(p) for p in params], solver_args)
+        holder.result = result
+        outs = []
+        for out in result.outputs:
+            if result.batch is None:
+                out = out[0]
+            outs.append(torch.as_tensor(out, dtype=dtype, device=device))
+        return tuple(outs)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        core, _args, holder, dtype, device, *params = inputs
+        ctx.core, ctx.result = core, holder.result
+        holder.core, holder.dtype, holder.device = core, dtype, device
+        ctx.holder = holder
+        ctx.dtype, ctx.device = dtype, device
+        ctx.param_meta = [(p.dtype, p.device) for p in params]
+        ctx.param_shapes = [p.shape for p in params]
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, *grad_outputs):
+        result: ForwardResult = ctx.result
+        grads = []
+        for g in grad_outputs:
+            if g is None:
+                grads.append(None)
+                continue
+            arr = _to_numpy(g)
+            grads.append(arr[None] if result.batch is None else arr)
+        if all(g is None for g in grads):
+            return (None,) * (5 + len(ctx.param_meta))
+        param_grads = ctx.core.vjp(result, grads)
+        out = [
+            torch.as_tensor(g, dtype=dt, device=dev)
+            for g, (dt, dev) in zip(param_grads, ctx.param_meta)
+        ]
+        return (None, None, None, None, None, *out)
+
+    @staticmethod
+    def jvp(ctx, _core, _args, _holder, _dtype, _device, *tangents):
+        handle = id(ctx.holder)
+        _JVP_CONTEXTS[handle] = ctx.holder
+        ts = [
+            torch.zeros(shape, dtype=ctx.dtype) if t is None else t
+            for t, shape in zip(tangents, ctx.param_shapes)
+        ]
+        return tuple(_layer_jvp(handle, ts))
+
+
+class CvxpyLayer(torch.nn.Module):
+    """A differentiable layer that solves a parametrized convex problem.
+
+    ``CvxpyLayer(problem, parameters=[...], variables=[...])``; call it with one tensor
+    per parameter (each with an optional leading batch dimension; unbatched ones are
+    broadcast) and optional ``solver_args`` (SCS settings such as ``eps_abs``,
+    ``max_iters``; plus ``refine``). Returns a tuple with one tensor per variable, in the
+    inputs' dtype and device. Computation is in float64 on the CPU.
+    """
+
+    def __init__(
+        self,
+        problem: cp.Problem,
+        parameters: Sequence[cp.Parameter],
+        variables: Sequence[cp.Variable],
+        gp: bool = False,
+        solver_args: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.core = LayerCore(problem, parameters, variables, gp=gp, solver_args=solver_args)
+
+    def forward(self, *params: torch.Tensor, solver_args: dict | None = None):
+        if len(params) != len(self.core.parameters):
+            names = ", ".join(s.name for s in self.core.program.parameters)
+            raise ParameterError(
+                f"a tensor must be provided for each CVXPY parameter ({names}): expected "
+                f"{len(self.core.parameters)}, got {len(params)}"
+            )
+        tensors = []
+        for slot, p in zip(self.core.program.parameters, params):
+            if not isinstance(p, torch.Tensor):
+                raise ParameterError(
+                    f"parameter '{slot.name}': expected a torch.Tensor, got {type(p).__name__}"
+                )
+            if not p.dtype.is_floating_point:
+                raise ParameterError(
+                    f"parameter '{slot.name}': expected a floating-point tensor, got dtype "
+                    f"{p.dtype}"
+                )
+            tensors.append(p)
+        float_dtypes = {p.dtype for p in tensors if p.dtype.is_floating_point}
+        if len(float_dtypes) > 1:
+            raise ParameterError(
+                "parameters mix floating dtypes "
+                f"({', '.join(sorted(str(d) for d in float_dtypes))}); pass all in one dtype"
+            )
+        dtype = float_dtypes.pop() if float_dtypes else torch.get_default_dtype()
+        device = tensors[0].device if tensors else torch.device("cpu")
+        return _LayerFunction.apply(self.core, solver_args, _Holder(), dtype, device, *tensors)

@@ -1,0 +1,116 @@
+"""canonicalize: the compiled affine map reproduces CVXPY's own SCS data, its adjoint is
+the transpose, and bad problems get errors naming the offender."""
+
+from __future__ import annotations
+
+import cvxpy as cp
+import numpy as np
+import pytest
+
+from canonicalize import CanonicalizationError, compile_problem
+from tests import zoo
+from tests.conftest import ZOO_NAMES
+
+
+def _theta(program, values):
+    theta = np.zeros(program.num_theta)
+    for slot, v in zip(program.parameters, values):
+        theta[slot.offset : slot.offset + slot.size] = np.asarray(v).ravel(order="F")
+    return theta
+
+
+@pytest.mark.parametrize("name", ZOO_NAMES)
+def test_data_matches_cvxpy(name):
+    z = zoo.make(name)
+    values = [v[0] if np.ndim(v) == len(p.shape) + 1 else v
+              for p, v in zip(z.parameters, z.values)]
+    program = compile_problem(z.problem, z.parameters, z.variables)
+    for p, v in zip(z.parameters, values):
+        p.value = v
+    data, _, _ = z.problem.get_problem_data(cp.SCS)
+    ours = program.data(_theta(program, values))
+    np.testing.assert_allclose(program.A.matrix(ours["A_values"]).toarray(),
+                               data["A"].toarray(), atol=1e-12)
+    np.testing.assert_allclose(ours["b"], data["b"], atol=1e-12)
+    np.testing.assert_allclose(ours["c"], data["c"], atol=1e-12)
+    if "P" in data and data["P"].nnz:
+        np.testing.assert_allclose(program.P.matrix(ours["P_values"]).toarray(),
+                                   data["P"].toarray(), atol=1e-12)
+    assert program.dims.size == data["A"].shape[0]
+
+
+@pytest.mark.parametrize("name", ZOO_NAMES)
+def test_data_adjoint_is_transpose(name):
+    z = zoo.make(name)
+    program = compile_problem(z.problem, z.parameters, z.variables)
+    rng = np.random.default_rng(0)
+    dtheta = rng.standard_normal(program.num_theta)
+    d = program.data(dtheta)
+    lin = {k: d[k] - program.data(np.zeros_like(dtheta))[k]
+           for k in ("A_values", "b", "c")}
+    bars = {k: rng.standard_normal(lin[k].shape) for k in lin}
+    P_lin = P_bar = None
+    if program.P is not None:
+        P_lin = d["P_values"] - program.data(np.zeros_like(dtheta))["P_values"]
+        P_bar = rng.standard_normal(P_lin.shape)
+    lhs = sum(float(bars[k] @ lin[k]) for k in lin) + (
+        float(P_bar @ P_lin) if P_bar is not None else 0.0)
+    rhs = float(program.data_adjoint(bars["A_values"], bars["b"], bars["c"], P_bar) @ dtheta)
+    assert lhs == pytest.approx(rhs, rel=1e-12, abs=1e-12)
+
+
+def test_symmetric_variable_recovery():
+    z = zoo.make("sdp")
+    program = compile_problem(z.problem, z.parameters, z.variables)
+    rec = program.recoveries[0]
+    n = z.variables[0].shape[0]
+    assert rec.matrix.shape == (n * n, program.n)
+    # An upper-triangle vector maps to a symmetric matrix.
+    v = np.arange(program.n, dtype=float)
+    X = rec.apply(v).reshape((n, n), order="F")
+    np.testing.assert_array_equal(X, X.T)
+
+
+def _simple():
+    x = cp.Variable(2, name="x")
+    p = cp.Parameter(2, name="p")
+    return x, p, cp.Problem(cp.Minimize(cp.sum_squares(x - p)))
+
+
+def test_error_not_dcp():
+    x, p, _ = _simple()
+    prob = cp.Problem(cp.Maximize(cp.sum_squares(x - p)))
+    with pytest.raises(CanonicalizationError, match="not DCP"):
+        compile_problem(prob, [p], [x])
+
+
+def test_error_not_dpp():
+    x = cp.Variable(2)
+    p, q = cp.Parameter(2, name="p"), cp.Parameter(name="q")
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(x - p * q)))
+    with pytest.raises(CanonicalizationError, match="not DPP"):
+        compile_problem(prob, [p, q], [x])
+
+
+def test_error_parameter_mismatch_names_parameter():
+    x, p, prob = _simple()
+    other = cp.Parameter(3, name="other")
+    with pytest.raises(CanonicalizationError, match="missing from the list: 'p'"):
+        compile_problem(prob, [], [x])
+    with pytest.raises(CanonicalizationError, match="not in the problem: 'other'"):
+        compile_problem(prob, [p, other], [x])
+
+
+def test_error_variable_not_in_problem():
+    x, p, prob = _simple()
+    y = cp.Variable(3, name="y")
+    with pytest.raises(CanonicalizationError, match="variable 'y'.*subset of problem"):
+        compile_problem(prob, [p], [x, y])
+
+
+def test_error_wrong_container_types():
+    x, p, prob = _simple()
+    with pytest.raises(CanonicalizationError, match="list or tuple"):
+        compile_problem(prob, p, [x])
+    with pytest.raises(CanonicalizationError, match="cvxpy.Problem"):
+        compile_problem("not a problem", [p], [x])
