@@ -24,6 +24,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from conelayers.cones import ConeJacobian, ProductCone, Selection
+from conelayers.linsolve import NullSpaceLU
 from conelayers.solvers.scs import ConeProgram
 
 DIRECT_MAX_SIZE = 4000
@@ -38,6 +39,8 @@ class LinearSolveInfo:
     relative_residual: float
     iterations: int = 0
     lsqr_istop: int | None = None
+    nullity: int = 0  # dimension of U's numerical null space (direct solves)
+    inconsistency: float = 0.0  # relative part of rhs outside range(U) (direct solves)
 
 
 class ResidualMap:
@@ -82,8 +85,7 @@ class ResidualJacobian:
         self.n = program.A.shape[1]
         self.m = program.A.shape[0]
         self.size = self.n + self.m
-        self._lu = None
-        self._lu_failed = False
+        self._lu: NullSpaceLU | None = None
 
     # -- products -------------------------------------------------------------------
     def matvec(self, w: np.ndarray) -> np.ndarray:
@@ -124,44 +126,39 @@ class ResidualJacobian:
         return U
 
     # -- solves -----------------------------------------------------------------------
-    def _factor(self):
-        if self._lu is None and not self._lu_failed:
-            try:
-                self._lu = spla.splu(self.tosparse())
-            except RuntimeError:  # exactly singular
-                self._lu_failed = True
+    def factorization(self) -> NullSpaceLU:
+        """The sparse LU of U with its numerical null spaces (computed once)."""
+        if self._lu is None:
+            self._lu = NullSpaceLU(self.tosparse())
         return self._lu
 
     def solve(
         self, rhs: np.ndarray, transpose: bool = False, method: str = "auto"
     ) -> tuple[np.ndarray, LinearSolveInfo]:
-        """Solve U w = rhs (or Uᵀ w = rhs).
+        """Solve U w = rhs (or Uᵀ w = rhs), minimum-norm where U is singular.
 
-        ``method`` is "direct" (sparse LU), "lsqr" (minimum-norm least squares,
-        matrix-free; right for singular but consistent systems) or "auto": direct for
-        n + m ≤ DIRECT_MAX_SIZE, falling back to LSQR when the factorization is singular
-        or its answer does not solve the system.
+        ``method`` is "direct" (sparse LU with the null space split off, see
+        ``NullSpaceLU``), "lsqr" (matrix-free) or "auto": direct for
+        n + m ≤ DIRECT_MAX_SIZE, LSQR above, and LSQR as a fallback if the direct
+        answer does not solve the system.
         """
         rhs = np.asarray(rhs, dtype=np.float64)
         rhs_norm = float(np.linalg.norm(rhs))
         if rhs_norm == 0.0:
             return np.zeros(self.size), LinearSolveInfo("trivial", 0.0)
-        apply = self.rmatvec if transpose else self.matvec
-        use_direct = method == "direct" or (
-            method == "auto" and self.size <= DIRECT_MAX_SIZE
-        )
+        use_direct = method == "direct" or (method == "auto" and self.size <= DIRECT_MAX_SIZE)
         if use_direct:
-            lu = self._factor()
-            if lu is not None:
-                w = lu.solve(rhs, trans="T" if transpose else "N")
-                if np.all(np.isfinite(w)):
-                    res = float(np.linalg.norm(apply(w) - rhs)) / rhs_norm
-                    # A near-singular factorization can return a huge null-space
-                    # component; only accept well-scaled, accurate answers.
-                    if res < 1e-10 and np.linalg.norm(w) < 1e8 * (1.0 + rhs_norm):
-                        return w, LinearSolveInfo("direct", res)
+            lu = self.factorization()
+            w, inconsistency = lu.solve(rhs, transpose=transpose)
+            apply = self.rmatvec if transpose else self.matvec
+            res = float(np.linalg.norm(apply(w) - rhs)) / rhs_norm
+            info = LinearSolveInfo(
+                "direct", res, nullity=lu.nullity, inconsistency=inconsistency / rhs_norm
+            )
+            if np.all(np.isfinite(w)) and (res < 1e-8 or lu.nullity):
+                return w, info
             if method == "direct":
-                raise np.linalg.LinAlgError("U is singular; use method='lsqr'")
+                return w, info
         return self._lsqr(rhs, transpose, rhs_norm)
 
     def _lsqr(self, rhs, transpose, rhs_norm):

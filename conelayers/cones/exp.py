@@ -401,8 +401,8 @@ def _kinks(V: np.ndarray, P: np.ndarray, D: np.ndarray, reg: np.ndarray, rho: np
     dP = np.linalg.norm(P, axis=1)  # = ‖v − Π_{K°} v‖
     tangent = np.zeros((n, 3, 3))  # lower selection at S1 for rows inside K
     radial = np.zeros((n, 3, 3))  # upper selection at S2 for rows inside K°
-    face_k = reg == _QUAD  # nearest point of ∂K on the face s = 0 (S3)
-    face_p = reg == _QUAD  # nearest point of ∂K° on the face r = 0 (S4)
+    face_k = s <= 0  # nearest point of ∂K on the face s = 0 (S3)
+    face_p = r <= 0  # nearest point of ∂K° on the face r = 0 (S4)
     ik = np.flatnonzero((reg == _IN_K) & (s > 0))
     if ik.size:
         d, rk = _interior_distance(V[ik], polar=False)

@@ -1,0 +1,114 @@
+"""Sparse direct solves with U that stay meaningful when U is (numerically) singular.
+
+Harmless singularity is common (auxiliary variables of the canonicalization that are
+not unique), and so are genuinely singular points. A plain LU returns a huge null-space
+component in both cases. ``NullSpaceLU`` instead
+
+1. factorizes U (shifted by a tiny multiple of I only if a pivot is exactly zero),
+2. runs block inverse iteration with that factorization to estimate the smallest
+   singular values of U and, where they fall below ``rtol·‖U‖``, orthonormal bases R
+   and L of the right and left numerical null spaces,
+3. solves the bordered system [[U, L], [Rᵀ, 0]] [w; μ] = [rhs; 0], which is
+   nonsingular: w is the minimum-norm solution of the consistent part and ‖μ‖ measures
+   how far rhs is from range(U) (0 for a consistent system).
+
+The null-space bases are what the trust checks weigh against the user-visible
+coordinates.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+
+SINGULAR_RTOL = 1e-10
+"""σ/‖U‖ below which a direction counts as in the numerical null space."""
+
+
+def _orthonormal(Y: np.ndarray) -> np.ndarray:
+    q, _ = np.linalg.qr(Y)
+    return q
+
+
+def estimate_norm(U: sp.spmatrix, iterations: int = 8, seed: int = 0) -> float:
+    """σ_max(U) by power iteration on UᵀU (a few sparse products)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(U.shape[1])
+    sigma = 0.0
+    for _ in range(iterations):
+        x /= np.linalg.norm(x)
+        y = U @ x
+        sigma = float(np.linalg.norm(y))
+        if sigma == 0.0:
+            return 0.0
+        x = U.T @ y
+    return sigma
+
+
+class NullSpaceLU:
+    """LU of a sparse square U with numerical null spaces split off (see module doc)."""
+
+    def __init__(
+        self, U: sp.spmatrix, rtol: float = SINGULAR_RTOL, block: int = 4, seed: int = 0
+    ) -> None:
+        U = sp.csc_matrix(U)
+        self.U = U
+        self.size = U.shape[0]
+        self.norm = estimate_norm(U)
+        self.rtol = rtol
+        scale = self.norm if self.norm > 0 else 1.0
+        try:
+            self._lu = spla.splu(U)
+        except RuntimeError:  # an exactly zero pivot: factor a tiny shift instead
+            self._lu = spla.splu(U + (1e-14 * scale) * sp.identity(self.size, format="csc"))
+        rng = np.random.default_rng(seed)
+        self.right_null, self.sigma_right = self._null_space(rng, block, transpose=False)
+        self.left_null, self.sigma_left = self._null_space(rng, block, transpose=True)
+        k = min(self.right_null.shape[1], self.left_null.shape[1])
+        # A square matrix has null spaces of equal dimension; numerically keep the common
+        # count, taking the directions with the smallest singular values on each side.
+        self.right_null, self.left_null = self.right_null[:, :k], self.left_null[:, :k]
+        self.nullity = k
+        self._bordered = None
+        if k:
+            B = sp.bmat(
+                [[U, sp.csc_matrix(self.left_null)], [sp.csc_matrix(self.right_null.T), None]],
+                format="csc",
+            )
+            self._bordered = spla.splu(B)
+
+    @property
+    def sigma_min(self) -> float:
+        """Estimate of the smallest singular value of U."""
+        return float(min(self.sigma_right.min(), self.sigma_left.min()))
+
+    def _null_space(self, rng, block: int, transpose: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Orthonormal basis of the numerical null space of U (or Uᵀ), and the estimated
+        smallest singular values, by two steps of block inverse iteration."""
+        N = self.size
+        trans = "T" if transpose else "N"
+        op = self.U.T if transpose else self.U
+        k = min(block, N)
+        while True:
+            X = _orthonormal(rng.standard_normal((N, k)))
+            for _ in range(2):
+                X = _orthonormal(self._lu.solve(X, trans=trans))
+            # Rayleigh–Ritz: singular vectors of U restricted to span(X).
+            _, s, vt = np.linalg.svd(op @ X, full_matrices=False)
+            order = np.argsort(s)
+            s, vecs = s[order], X @ vt[order].T
+            small = s <= self.rtol * max(self.norm, 1e-300)
+            if small.all() and k < N:
+                k = min(2 * k, N)
+                continue
+            return vecs[:, small], s
+
+    def solve(self, rhs: np.ndarray, transpose: bool = False) -> tuple[np.ndarray, float]:
+        """Minimum-norm w with U w = rhs (Uᵀ w = rhs) on the consistent part, and the
+        norm of the inconsistent part of rhs (0 when rhs ∈ range)."""
+        if self._bordered is None:
+            return self._lu.solve(rhs, trans="T" if transpose else "N"), 0.0
+        ext = np.concatenate([rhs, np.zeros(self.nullity)])
+        sol = self._bordered.solve(ext, trans="T" if transpose else "N")
+        return sol[: self.size], float(np.linalg.norm(sol[self.size :]))
