@@ -18,6 +18,7 @@ from cvxpy.reductions.cvx_attr2constr import batched_upper_tri_to_full
 from canonicalize.cones import ConeDims
 from canonicalize.errors import CanonicalizationError
 from canonicalize.program import (
+    ConstraintRows,
     ParameterSlot,
     ParametricConeProgram,
     Recovery,
@@ -168,6 +169,33 @@ def _variable_recovery(var: cp.Variable, param_prog, n: int) -> Recovery:
     return Recovery(name=var.name(), shape=tuple(var.shape), source="x", matrix=matrix)
 
 
+def _constraint_rows(problem: cp.Problem, param_prog, m: int) -> tuple[ConstraintRows, ...]:
+    """Row ranges of the canonical constraints (in SCS's cone order), labelled with the
+    user's constraint where CVXPY kept its id. Empty if the sizes do not add up."""
+    user = {c.id: c for c in problem.constraints}
+    rows, start = [], 0
+    for con in param_prog.constraints:
+        kind = type(con).__name__
+        if kind == "SOC":
+            size = int(sum(con.cone_sizes()))
+        elif kind == "SvecPSD":  # already vectorized: one row per svec entry
+            size = int(con.args[0].size)
+        elif kind == "PSD":
+            n = int(con.args[0].shape[0])
+            size = n * (n + 1) // 2
+        elif kind in ("ExpCone", "PowCone3D"):
+            size = 3 * int(con.num_cones())
+        else:
+            size = int(con.size)
+        if con.id in user:
+            label, is_user = str(user[con.id]), True
+        else:
+            label, is_user = f"auxiliary {kind} constraint (from canonicalization)", False
+        rows.append(ConstraintRows(label, kind, start, start + size, is_user))
+        start += size
+    return tuple(rows) if start == m else ()
+
+
 def compile_problem(
     problem: cp.Problem,
     parameters: Sequence[cp.Parameter],
@@ -245,4 +273,5 @@ def compile_problem(
         c_map=sp.csr_matrix(c_map),
         offset_map=sp.csr_matrix(offset_map),
         recoveries=recoveries,
+        constraints=_constraint_rows(problem, param_prog, m),
     )

@@ -54,6 +54,22 @@ class Recovery:
 
 
 @dataclass(frozen=True)
+class ConstraintRows:
+    """The rows of the cone program that one canonical constraint occupies.
+
+    ``label`` is the user's constraint as CVXPY prints it when the constraint comes
+    from the user's problem, else a description of the auxiliary constraint that
+    canonicalization introduced (``user`` tells which).
+    """
+
+    label: str
+    kind: str
+    start: int
+    stop: int
+    user: bool
+
+
+@dataclass(frozen=True)
 class SparseDataMap:
     """An affine map θ̃ ↦ the nonzeros of a sparse matrix with a fixed CSC pattern."""
 
@@ -104,6 +120,14 @@ class ParametricConeProgram:
     c_map: sp.csr_matrix
     offset_map: sp.csr_matrix
     recoveries: tuple[Recovery, ...] = field(default=())
+    constraints: tuple[ConstraintRows, ...] = field(default=())
+
+    def constraint_at(self, row: int) -> ConstraintRows | None:
+        """The constraint that owns cone row ``row`` (None if unknown)."""
+        for con in self.constraints:
+            if con.start <= row < con.stop:
+                return con
+        return None
 
     @property
     def num_theta(self) -> int:

@@ -45,11 +45,51 @@ class ConelayersWarning(UserWarning):
 
 
 class InaccurateSolutionWarning(ConelayersWarning):
-    """The solver stopped with an inaccurate status (e.g. ``max_iters`` reached) or with
-    residuals too large for the requested gradient accuracy.
+    """The solver stopped with an inaccurate status (e.g. ``max_iters`` reached), or the
+    solution's residual ‖N(z)‖ stayed too large after Newton refinement for the gradient
+    to be accurate.
 
     What to do: raise ``max_iters`` or tighten ``eps_abs``/``eps_rel`` in ``solver_args``;
     the values and gradients of the flagged instances may be off.
+    """
+
+
+class TrustWarning(ConelayersWarning):
+    """Base class of the warnings about whether the conservative implicit function
+    theorem justifies the gradient (Theorem 2 / Corollary 1 of the reference paper)."""
+
+
+class NonsmoothPointWarning(TrustWarning):
+    """Some constraints sit at a kink of the cone projection (strict complementarity
+    fails: a constraint is active with a zero multiplier, or a PSD/SOC block is at the
+    boundary of its pieces).
+
+    The gradient is then one element (the named ``selection``) of a set-valued
+    conservative Jacobian: it is justified (it still drives gradient methods to
+    Clarke-critical points) but not unique. Informative; compare the two one-sided
+    behaviours with ``solver_args={"selection": "lower"}`` and ``{"selection": "upper"}``.
+    """
+
+
+class SingularJacobianWarning(TrustWarning):
+    """The Jacobian U of the residual map is (numerically) singular in directions that
+    reach the requested outputs, at the selection used or at an extreme selection of
+    the Clarke Jacobian on the kinks, or the adjoint system is inconsistent there.
+
+    The gradient is not justified: the implicit function theorem does not apply, and
+    gradient dynamics through such points can cycle or behave chaotically. What to do:
+    make the problem strongly convex in the outputs (add a small quadratic or entropy
+    term), remove redundant constraints or duplicated features, or move away from the
+    degenerate parameter value.
+    """
+
+
+class NonUniqueSolutionWarning(TrustWarning):
+    """The requested outputs are not unique: a whole segment of solutions (primal or
+    dual, as the message says) passes through the returned one, along a direction that
+    moves the outputs. The solver returned one of them, and the gradient describes that
+    arbitrary choice. What to do: regularize (e.g. a small ‖x‖² term), or request only
+    outputs that are unique.
     """
 
 

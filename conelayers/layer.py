@@ -7,14 +7,26 @@ autodiff systems; every rule about shapes, batches, errors and warnings lives he
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import cvxpy as cp
 import numpy as np
 
+import canonicalize
+import conelayers
 from canonicalize import CanonicalizationError, ParametricConeProgram, compile_problem
+from conelayers.checks import (
+    CHECK_LEVELS,
+    CheckReport,
+    check_instance,
+    inaccuracy_message,
+    kink_tolerance,
+)
 from conelayers.cones import ProductCone, Selection
 from conelayers.derivative import Pattern, SolutionDerivative
 from conelayers.exceptions import (
@@ -26,9 +38,9 @@ from conelayers.exceptions import (
     UnboundedError,
     describe_failures,
 )
-from conelayers.residual import ResidualMap, newton_refine
+from conelayers.refine import refine_solution
+from conelayers.residual import ResidualMap
 from conelayers.solvers.scs import (
-    SOLVED_INACCURATE,
     ConeProgram,
     ConeSolution,
     normalize_settings,
@@ -36,7 +48,20 @@ from conelayers.solvers.scs import (
 )
 
 # Keys of solver_args that configure conelayers itself rather than SCS.
-_OWN_KEYS = ("refine", "selection", "linear_solver_method", "n_jobs")
+_OWN_KEYS = ("refine", "selection", "linear_solver_method", "n_jobs", "checks")
+_PACKAGE_DIRS = tuple(
+    str(Path(mod.__file__).resolve().parent) for mod in (conelayers, canonicalize)
+)
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning point at the first frame outside
+    conelayers, canonicalize and the frameworks' autodiff machinery."""
+    frame, level = sys._getframe(1), 1
+    skip = _PACKAGE_DIRS + (f"{os.sep}torch{os.sep}", f"{os.sep}jax{os.sep}")
+    while frame is not None and any(part in frame.f_code.co_filename for part in skip):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def vec_batch(arr: np.ndarray) -> np.ndarray:
@@ -68,17 +93,40 @@ class ForwardResult:
     P_pattern: Pattern | None
     selection: Selection = "lower"
     method: str = "auto"
+    checks: str = "fast"
     _derivatives: dict = field(default_factory=dict)
+    reports: list[CheckReport] | None = None
 
     def derivative(self, k: int) -> SolutionDerivative:
+        """The jvp/vjp of instance k, with the selection applied to the cones within the
+        kink tolerance (the same tolerance the checks use)."""
         if k not in self._derivatives:
             residual, z = self.residuals[k], self.points[k]
             x, y, s = residual.solution_from_z(z)
-            jac = residual.jacobian(z, selection=self.selection)
+            jac = residual.jacobian(
+                z, selection=self.selection, kink_tol=kink_tolerance(residual, z)
+            )
             self._derivatives[k] = SolutionDerivative(
                 jac, x, y, s, self.A_pattern, self.P_pattern, self.method
             )
         return self._derivatives[k]
+
+    def check(self, program: ParametricConeProgram) -> list[CheckReport]:
+        """Run the trust checks on every instance (once) and emit their warnings."""
+        if self.reports is None:
+            self.reports = [
+                check_instance(
+                    k, self.residuals[k], self.points[k], program, self.A_pattern,
+                    self.P_pattern, self.solutions[k], self.selection, self.checks,
+                    used_jacobian=self.derivative(k).U if self.checks != "off" else None,
+                )
+                for k in range(len(self.solutions))
+            ]
+            level = user_stacklevel()
+            for report in self.reports:
+                for category, message in report.warnings:
+                    warnings.warn(message, category, stacklevel=level)
+        return self.reports
 
 
 class LayerCore:
@@ -92,6 +140,7 @@ class LayerCore:
         variables: Sequence[cp.Variable],
         gp: bool = False,
         solver_args: dict | None = None,
+        checks: str = "fast",
     ) -> None:
         if gp:
             raise ProblemError("gp=True (log-log convex problems) is not supported yet")
@@ -109,6 +158,9 @@ class LayerCore:
         self.parameters = list(parameters)
         self.variables = list(variables)
         self.solver_args = dict(solver_args or {})
+        if checks not in CHECK_LEVELS:
+            raise ValueError(f"checks must be one of {CHECK_LEVELS}, got {checks!r}")
+        self.checks = checks
         A_rows, A_cols = self.program.A.row_col()
         self.A_pattern = Pattern(A_rows, A_cols, self.program.A.shape)
         self.P_pattern = None
@@ -229,14 +281,18 @@ class LayerCore:
         xs, ys, residuals, points = [], [], [], []
         for prog, sol in zip(programs, solutions):
             residual = ResidualMap(prog, self.cone)
-            z = residual.z_from_solution(sol.x, sol.y, sol.s)
             if refine:
-                z, _info = newton_refine(residual, z, selection=selection)
+                z = refine_solution(residual, sol, settings, selection)
+            else:
+                z = residual.z_from_solution(sol.x, sol.y, sol.s)
             x, y, _s = residual.solution_from_z(z)
             xs.append(x)
             ys.append(y)
             residuals.append(residual)
             points.append(z)
+            message = inaccuracy_message(len(points) - 1, sol, residual, z, refined=refine)
+            if message is not None:
+                warnings.warn(message, InaccurateSolutionWarning, stacklevel=user_stacklevel())
         X = np.stack(xs, axis=1)
         Y = np.stack(ys, axis=1)
         outputs = [
@@ -254,6 +310,7 @@ class LayerCore:
             P_pattern=self.P_pattern,
             selection=selection,
             method=own.get("linear_solver_method", "auto"),
+            checks=own.get("checks", self.checks),
         )
 
     def _raise_on_failures(self, solutions: list[ConeSolution]) -> None:
@@ -266,21 +323,6 @@ class LayerCore:
             if statuses <= {"unbounded", "unbounded_inaccurate"}:
                 raise UnboundedError(f"the problem is unbounded ({text})", failures)
             raise SolverError(f"SCS did not solve the problem ({text})", failures)
-        inaccurate = [i for i, s in enumerate(solutions) if s.status == SOLVED_INACCURATE]
-        if inaccurate:
-            details = ", ".join(
-                f"instance {i}: {solutions[i].iterations} iterations, primal residual "
-                f"{solutions[i].primal_residual:.2e}, dual residual "
-                f"{solutions[i].dual_residual:.2e}"
-                for i in inaccurate
-            )
-            warnings.warn(
-                f"SCS returned 'solved_inaccurate' ({details}); raise max_iters or adjust "
-                "eps_abs/eps_rel in solver_args",
-                InaccurateSolutionWarning,
-                stacklevel=4,
-            )
-
     # -- derivatives ----------------------------------------------------------------------
     def vjp(self, result: ForwardResult, output_grads: Sequence[np.ndarray | None]) -> list:
         """Gradients on each parameter from gradients on each output (shape (B, *shape)).
@@ -289,6 +331,7 @@ class LayerCore:
         summed over the batch otherwise.
         """
         prog = self.program
+        result.check(prog)
         B = len(result.solutions)
         theta_bar = np.zeros((prog.num_theta, B))
         for k in range(B):
@@ -311,6 +354,7 @@ class LayerCore:
     def jvp(self, result: ForwardResult, tangents: Sequence[np.ndarray | None]) -> list:
         """Tangents of each output (B, *shape) from tangents of each parameter."""
         prog = self.program
+        result.check(prog)
         B = len(result.solutions)
         dtheta = np.zeros((prog.num_theta, B))
         for slot, t, is_batched in zip(prog.parameters, tangents, result.batched_inputs):

@@ -200,11 +200,14 @@ def newton_refine(
     for _ in range(max_steps):
         if best_norm <= tol * scale:
             break
-        Nz = residual(best)
-        step, _ = residual.jacobian(best, selection=selection).solve(Nz)
-        candidate = best - step
-        cand_norm = float(np.linalg.norm(residual(candidate)))
-        if not np.isfinite(cand_norm) or cand_norm >= best_norm:
+        step, _ = residual.jacobian(best, selection=selection).solve(residual(best))
+        # Backtracking: a full step can overshoot across pieces of the projection.
+        for alpha in (1.0, 0.5, 0.25, 0.125):
+            candidate = best - alpha * step
+            cand_norm = float(np.linalg.norm(residual(candidate)))
+            if np.isfinite(cand_norm) and cand_norm < (1.0 - 1e-4 * alpha) * best_norm:
+                break
+        else:
             break
         best, best_norm, steps = candidate, cand_norm, steps + 1
     return best, RefinementInfo(steps, r0, best_norm)

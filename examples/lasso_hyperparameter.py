@@ -8,9 +8,11 @@ training samples; the remaining 292 samples are the validation set. The layer so
 
 and gradient descent on t = log₁₀ λ lowers the validation error ‖X_val β̂ − y_val‖²/n_val.
 The design is ill-conditioned (cond(X) ≈ 3e14: the 'sex' feature takes two values, so its
-square duplicates it up to an affine map), which makes U singular along that pair of
-coefficients; the backward pass takes the minimum-norm solution, and the validation
-error, which only sees X_val β̂, is unaffected (DESIGN.md §4).
+square duplicates it up to an affine map). So β̂ itself is not unique: weight can move
+between those two coefficients, and a layer that outputs β̂ warns with
+NonUniqueSolutionWarning, rightly. The validation predictions X_val β̂ are unique, and
+they are what the loss needs: the layer outputs them, the trust checks find that the
+null direction has no weight on them (DESIGN.md §4), and no warning fires.
 
 Run: python examples/lasso_hyperparameter.py [--steps N] [--grid N] [--out FILE.png]
 """
@@ -58,11 +60,20 @@ def diabetes_split(n_train: int = 150, seed: int = 0):
             (X[val] - mean) / std, y[val] - y_mean)
 
 
-def lasso_layer(X_train: np.ndarray, y_train: np.ndarray) -> CvxpyLayer:
+def lasso_problem(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray):
+    """The Lasso with the validation predictions as a variable: (problem, λ, β, X_val β)."""
     beta = cp.Variable(X_train.shape[1], name="beta")
+    prediction = cp.Variable(X_val.shape[0], name="prediction")
     lam = cp.Parameter(nonneg=True, name="lam")
     objective = 0.5 * cp.sum_squares(X_train @ beta - y_train) + lam * cp.norm1(beta)
-    return CvxpyLayer(cp.Problem(cp.Minimize(objective)), parameters=[lam], variables=[beta])
+    problem = cp.Problem(cp.Minimize(objective), [prediction == X_val @ beta])
+    return problem, lam, beta, prediction
+
+
+def lasso_layer(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray) -> CvxpyLayer:
+    """λ ↦ the validation predictions X_val β̂(λ)."""
+    problem, lam, _beta, prediction = lasso_problem(X_train, y_train, X_val)
+    return CvxpyLayer(problem, parameters=[lam], variables=[prediction])
 
 
 def run(steps: int = 40, grid: int = 61, start: float = 0.0, lr: float = 0.6,
@@ -70,12 +81,12 @@ def run(steps: int = 40, grid: int = 61, start: float = 0.0, lr: float = 0.6,
     """Grid of the validation error over λ ∈ [0.1, 1e4], then gradient descent on
     log₁₀ λ from ``start`` with step ``lr`` on the log of the validation error."""
     X_tr, y_tr, X_val, y_val = diabetes_split(seed=seed)
-    layer = lasso_layer(X_tr, y_tr)
-    Xv, yv = torch.tensor(X_val), torch.tensor(y_val)
+    layer = lasso_layer(X_tr, y_tr, X_val)
+    yv = torch.tensor(y_val)
 
     def validation_error(log_lambda: torch.Tensor) -> torch.Tensor:
-        (beta,) = layer(10.0 ** log_lambda)
-        return ((beta @ Xv.T - yv) ** 2).mean(dim=-1)
+        (prediction,) = layer(10.0 ** log_lambda)
+        return ((prediction - yv) ** 2).mean(dim=-1)
 
     grid_t = np.linspace(-1.0, 4.0, grid)
     with torch.no_grad():  # one batched call: the whole grid is one batch

@@ -78,20 +78,22 @@ def ref_project_dual(cone: ExpCones, v: np.ndarray) -> np.ndarray:
 
 
 def in_k(x: np.ndarray, tol: float) -> bool:
-    """(r, s, t) ∈ K_exp up to tol, from the definition."""
+    """(r, s, t) ∈ K_exp up to tol, from the definition (either branch)."""
     r, s, t = (float(c) for c in x)
-    if s > tol:
+    if s > 0:
         with np.errstate(over="ignore"):
-            return s * np.exp(r / s) <= t + tol
+            if s * np.exp(r / s) <= t + tol:
+                return True
     return abs(s) <= tol and r <= tol and t >= -tol
 
 
 def in_kstar(x: np.ndarray, tol: float) -> bool:
     """(u, v, w) ∈ K*_exp up to tol: u < 0, −u·e^{v/u} ≤ e·w, or u = 0, v, w ≥ 0."""
     u, v, w = (float(c) for c in x)
-    if u < -tol:
+    if u < 0:
         with np.errstate(over="ignore"):
-            return -u * np.exp(v / u) <= E1 * w + tol
+            if -u * np.exp(v / u) <= E1 * w + tol:
+                return True
     return abs(u) <= tol and v >= -tol and w >= -tol
 
 
@@ -116,6 +118,17 @@ def region_points(rng: np.random.Generator) -> np.ndarray:
     pts += [[-1.0, -2.0, 1.5], [-1.0, -0.5, -1.0], [2.0, -1.0, 0.5], [-2.0, 0.5, -0.3],
             [1.0, 1.0, -3.0], [0.5, 2.0, 0.1], [-0.2, 3.0, 10.0], [3.0, -0.5, -20.0]]
     return np.array(pts, dtype=np.float64)
+
+
+def smooth_points(dual: bool, n: int, rng: np.random.Generator,
+                  min_dist: float = 0.05) -> np.ndarray:
+    """n standard-normal triples at least ``min_dist`` from the kinks of project_dual."""
+    out = np.zeros((0, 3))
+    while len(out) < n:
+        x = rng.standard_normal((4 * n, 3))
+        keep = ExpCones(4 * n, dual).kink_distance(x.ravel()) >= min_dist
+        out = np.concatenate([out, x[keep]])
+    return out[:n].ravel()
 
 
 @pytest.fixture
@@ -166,13 +179,29 @@ def test_against_high_precision_reference(dual: bool, rng: np.random.Generator) 
 
 @pytest.mark.parametrize("dual", DUALS)
 def test_against_cvxpy_clarabel(dual: bool, rng: np.random.Generator) -> None:
-    """min ‖p − v‖² s.t. p ∈ cone, by Clarabel at tolerances 1e-10 (contract helper), on
-    ~50 points covering every case region. Clarabel's interior-point answer is accurate to
-    ~1e-8 here, so atol 1e-6 (the projection itself is checked to 1e-14 against mpmath)."""
+    """min ‖p − v‖² s.t. p ∈ cone, by Clarabel at tolerances 1e-10 (contract helper), one
+    solve per point, ~50 points covering every case region.
+
+    Clarabel stops with an objective ~1e-11..1e-9 above the optimum, which by strong
+    convexity (f(x) − f(p*) ≥ ‖x − p*‖²) only pins the point to ~√1e-9 ≈ 3e-5 (measured:
+    up to 1.3e-5 against the 60-digit reference, median 1e-10). So the sharp check is:
+    our objective is never worse than Clarabel's (beyond 1e-12 rounding), and
+    ‖ours − Clarabel‖² ≤ f(Clarabel) − f(ours) + 1e-9 (the strong-convexity bound, with
+    1e-9 for Clarabel's ~1e-10 infeasibility); points where Clarabel is tight agree to
+    1e-6 (the contract's check)."""
     pts = np.concatenate([region_points(rng), rng.standard_normal((14, 3))])
     pts = np.concatenate([pts, -pts[::2]])
-    cone = ExpCones(len(pts), dual)
-    contract.check_against_cvxpy(cone, pts.ravel(), atol=1e-6)
+    cone = ExpCones(1, dual)
+    n_tight = 0
+    for x in pts:
+        ours, cl = cone.project_dual(x), contract.cvxpy_project_dual(cone, x)
+        f_ours, f_cl = np.sum((ours - x) ** 2), np.sum((cl - x) ** 2)
+        assert f_ours <= f_cl + 1e-12 * (1 + x @ x)
+        assert np.sum((ours - cl) ** 2) <= f_cl - f_ours + 1e-9
+        if f_cl - f_ours <= 1e-13:
+            contract.check_against_cvxpy(cone, x, atol=1e-6)
+            n_tight += 1
+    assert n_tight >= 5
 
 
 @pytest.mark.parametrize("dual", DUALS)
@@ -181,10 +210,10 @@ def test_against_diffcp(dual: bool, rng: np.random.Generator) -> None:
     ~1e-5 only at some points (measured against mpmath: ours 1e-16, theirs up to 6e-6), so
     the projections agree to atol 1e-4, and wherever they differ by more than 1e-9 ours is
     the one nearer the 60-digit reference. Derivatives at smooth points (kink distance >=
-    0.05) agree to 1e-4 (diffcp differentiates at its own projection)."""
+    0.05) agree to 1e-5 where diffcp's projection is accurate (to 1e-8)."""
     n = 200
     cone = ExpCones(n, dual)
-    v = contract.random_point(cone, rng)
+    v = smooth_points(dual, n, rng)
     ours, theirs = cone.project_dual(v), contract.diffcp_project_dual(cone, v)
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-4)
     diff = np.abs(ours - theirs).reshape(-1, 3).max(1)
@@ -192,11 +221,17 @@ def test_against_diffcp(dual: bool, rng: np.random.Generator) -> None:
         sl = slice(3 * i, 3 * i + 3)
         ref = ref_project_dual(ExpCones(1, dual), v[sl])
         assert np.abs(ours[sl] - ref).max() < np.abs(theirs[sl] - ref).max()
-    m = 40  # dense diffcp derivative
-    small = ExpCones(m, dual)
-    J = contract.dense(small.jacobian_dual(v[: 3 * m]))
-    np.testing.assert_allclose(J, contract.diffcp_jacobian_dual(small, v[: 3 * m]),
-                               rtol=0, atol=1e-4)
+    # derivative: diffcp differentiates at its own projection, so compare where that
+    # projection is accurate (agrees with ours to 1e-8: most cones); elsewhere diffcp's
+    # derivative can be far off (e.g. v = (−0.0987, 1.219, −2.333), dual=False: diffcp's
+    # projection is 5e-5 off and its derivative 0.9 off; ours matches central differences)
+    good = np.flatnonzero(diff <= 1e-8)
+    assert len(good) >= 0.8 * n
+    idx = (3 * good[:40, None] + np.arange(3)).ravel()
+    small = ExpCones(len(idx) // 3, dual)
+    J = contract.dense(small.jacobian_dual(v[idx]))
+    np.testing.assert_allclose(J, contract.diffcp_jacobian_dual(small, v[idx]), rtol=0,
+                               atol=1e-5)
 
 
 @pytest.mark.parametrize("dual", DUALS)
@@ -211,17 +246,19 @@ def test_extreme_inputs(dual: bool, rng: np.random.Generator) -> None:
                         [0.0, 1.0, -1.0], [0.0, -1.0, 1.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0],
                         [1e-300, 1.0, 1.0], [1.0, 1e-300, -1.0], [-1.0, 1e-300, -1.0],
                         [1e300, -1e300, 1e300], [1.0, 1e-20, 1.0], [1.0, -1e-20, 1e-20]])
+    finite = np.abs(special).max(1) <= 1.0
     pts = np.concatenate([grid, base * 1e6, base * 1e-8, special, special * 1e-200,
-                          special * 1e200, -special])
+                          special[finite] * 1e200, -special])
     cone = ExpCones(len(pts), dual)
     v = pts.ravel()
     p, q = cone.project_dual(v), cone.project(-v)
     assert np.all(np.isfinite(p)) and np.all(np.isfinite(q))
     scale = np.abs(pts).max(1)
     moreau = np.abs((p - q - v).reshape(-1, 3)).max(1)
-    assert np.all(moreau <= 4e-16 * scale), (moreau / np.maximum(scale, 1e-300)).max()
-    inner = np.abs(np.einsum("ni,ni->n", p.reshape(-1, 3), q.reshape(-1, 3)))
-    assert np.all(inner <= 1e-15 * scale**2)
+    assert np.all(moreau <= 2e-15 * scale), (moreau / np.maximum(scale, 1e-300)).max()
+    unit = np.where(scale > 0, scale, 1.0)[:, None]
+    inner = np.abs(np.einsum("ni,ni->n", p.reshape(-1, 3) / unit, q.reshape(-1, 3) / unit))
+    assert np.all(inner <= 1e-15)
     ok = [in_target(ExpCones(1, dual), p[3 * i: 3 * i + 3], 1e-13 * scale[i])
           for i in range(len(pts))]
     assert all(ok)
@@ -250,7 +287,7 @@ def test_property_moreau_membership(x: list[float], e: int, dual: bool) -> None:
     p, q = cone.project_dual(v), cone.project(-v)
     scale = np.abs(v).max()
     assert np.all(np.isfinite(p)) and np.all(np.isfinite(q))
-    assert np.abs(p - q - v).max() <= 4e-16 * scale
+    assert np.abs(p - q - v).max() <= 2e-15 * scale
     assert abs(p @ q) <= 1e-15 * scale**2
     assert in_target(cone, p, 1e-13 * scale)
     np.testing.assert_array_equal(cone.project_dual(4.0 * v), 4.0 * p)
@@ -352,7 +389,7 @@ def test_kinks_limits(case: tuple, dual: bool) -> None:
                                rtol=0, atol=1e-6)
     np.testing.assert_allclose(contract.dense(cone.jacobian_dual(x + eps * du)), up,
                                rtol=0, atol=1e-6)
-    dist = cone.kink_distance(np.stack([x + eps * dl, x + eps * du]).ravel())
+    dist = ExpCones(2, dual).kink_distance(np.stack([x + eps * dl, x + eps * du]).ravel())
     assert np.all(dist <= 2 * eps) and np.all(dist > 0)
     contract.check_jacobian_properties(cone, x)
 

@@ -1,0 +1,259 @@
+"""Trust checks: is the gradient at this solution justified by the conservative implicit
+function theorem (reference paper, Theorem 2 / Corollary 1)?
+
+It is when the solution is unique and U = ∂N/∂z is invertible for every element of the
+Clarke Jacobian of the projection. Canonicalization adds auxiliary variables that are
+often not unique while the user's problem is regular, so every singularity is judged by
+what the user sees (DESIGN.md §4):
+
+- a right null vector n = (n_u, n_v) of U moves the requested outputs by
+  (R_x n_u, R_y J n_v); it matters only if that is nonzero;
+- a left null vector ℓ of U makes the adjoint answer ambiguous by (∂N/∂θ)ᵀℓ; it
+  matters only if that reaches the parameters;
+- a null direction that matters is a *non-unique solution* when z ± εn still solve
+  N = 0 (a segment of solutions), and a *singular Jacobian* otherwise.
+
+Checked at the selection used for the gradient and, where constraints sit at kinks, at
+the two extreme selections ("lower", "upper") of the Clarke Jacobian there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from canonicalize import ParametricConeProgram
+from conelayers.cones import SELECTIONS, Selection
+from conelayers.derivative import Pattern
+from conelayers.exceptions import (
+    InaccurateSolutionWarning,
+    NonsmoothPointWarning,
+    NonUniqueSolutionWarning,
+    SingularJacobianWarning,
+)
+from conelayers.residual import DIRECT_MAX_SIZE, ResidualJacobian, ResidualMap
+from conelayers.solvers.scs import SOLVED, ConeSolution
+
+CHECK_LEVELS = ("off", "fast", "full")
+KINK_RTOL = 1e-7
+"""Kink tolerance relative to 1 + ‖z‖∞ (plus 10‖N(z)‖: kinks closer than the solution's
+own accuracy cannot be told apart from exact ones)."""
+USER_WEIGHT_TOL = 1e-6
+"""A unit null vector whose image on the requested outputs (or parameters) exceeds this
+makes the gradient unjustified."""
+ACCURACY_RTOL = 1e-7
+"""‖N(z)‖ / (1 + ‖b‖∞ + ‖c‖∞) above which a refined solution counts as inaccurate."""
+
+
+@dataclass(frozen=True)
+class SelectionCheck:
+    """Invertibility of U at one selection of the Clarke Jacobian."""
+
+    selection: str
+    size: int
+    sigma_min: float  # estimate of σ_min(U) / σ_max(U)
+    nullity: int  # dimension of the numerical null space
+    output_weight: float  # largest |image| of a unit right null vector on the outputs
+    parameter_weight: float  # largest |(∂N/∂θ)ᵀℓ| of a unit left null vector
+    nonunique: bool  # a null direction that moves the outputs keeps N(z) = 0
+
+    @property
+    def singular_for_user(self) -> bool:
+        return max(self.output_weight, self.parameter_weight) > USER_WEIGHT_TOL
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """What the checks found for one instance of a batch."""
+
+    index: int
+    status: str
+    residual: float  # ‖N(z)‖ / (1 + ‖b‖∞ + ‖c‖∞) after refinement
+    kink_tol: float
+    kinks: tuple[str, ...]  # descriptions of the constraints at kinks
+    selections: tuple[SelectionCheck, ...] = ()
+    warnings: tuple[tuple[type, str], ...] = field(default=())
+
+    @property
+    def verdict(self) -> str:
+        """'ok', or the most serious finding: 'singular', 'nonunique', 'inaccurate',
+        'nonsmooth'."""
+        kinds = {w for w, _ in self.warnings}
+        for cls, name in (
+            (SingularJacobianWarning, "singular"),
+            (NonUniqueSolutionWarning, "nonunique"),
+            (InaccurateSolutionWarning, "inaccurate"),
+            (NonsmoothPointWarning, "nonsmooth"),
+        ):
+            if cls in kinds:
+                return name
+        return "ok"
+
+
+def kink_tolerance(residual: ResidualMap, z: np.ndarray) -> float:
+    return KINK_RTOL * (1.0 + float(np.abs(z).max(initial=0.0))) + 10.0 * float(
+        np.linalg.norm(residual(z))
+    )
+
+
+def relative_residual(residual: ResidualMap, z: np.ndarray) -> float:
+    prog = residual.program
+    scale = 1.0 + float(np.abs(prog.b).max(initial=0.0)) + float(np.abs(prog.c).max(initial=0.0))
+    return float(np.linalg.norm(residual(z))) / scale
+
+
+class _Instance:
+    """One solved instance and what the checks need from the compiled program."""
+
+    def __init__(
+        self,
+        residual: ResidualMap,
+        z: np.ndarray,
+        program: ParametricConeProgram,
+        A_pattern: Pattern,
+        P_pattern: Pattern | None,
+    ) -> None:
+        self.residual, self.z, self.program = residual, z, program
+        self.A_pattern, self.P_pattern = A_pattern, P_pattern
+        self.n = residual.n
+        self.x, self.y, _ = residual.solution_from_z(z)
+
+    def output_image(self, jac: ResidualJacobian, vec: np.ndarray) -> np.ndarray:
+        """The requested outputs' displacement for a displacement ``vec`` of z."""
+        u, v = vec[: self.n], vec[self.n :]
+        dy = None
+        parts = []
+        for rec in self.program.recoveries:
+            if rec.source == "x":
+                parts.append(rec.apply(u))
+            else:
+                dy = jac.J.matvec(v) if dy is None else dy
+                parts.append(rec.apply(dy))
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def parameter_image(self, ell: np.ndarray) -> np.ndarray:
+        """(∂N/∂θ)ᵀℓ: how much the parameter gradient moves if the adjoint answer moves
+        along ℓ."""
+        lu, lv = ell[: self.n], ell[self.n :]
+        A_bar = self.A_pattern.outer(lv, self.x) - self.A_pattern.outer(self.y, lu)
+        P_bar = -self.P_pattern.outer(lu, self.x) if self.P_pattern is not None else None
+        return self.program.data_adjoint(A_bar, -lv, -lu, P_bar)
+
+    def stays_solution(self, direction: np.ndarray) -> bool:
+        """Whether z ± εn still solve N = 0 to second order (a segment of solutions)."""
+        eps = 1e-4 * (1.0 + float(np.abs(self.z).max(initial=0.0)))
+        base = float(np.linalg.norm(self.residual(self.z)))
+        for sign in (1.0, -1.0):
+            moved = float(np.linalg.norm(self.residual(self.z + sign * eps * direction)))
+            if moved - base <= 1e-6 * eps:
+                return True
+        return False
+
+    def check_selection(self, jac: ResidualJacobian, name: str) -> SelectionCheck:
+        lu = jac.factorization()
+        out_w = param_w = 0.0
+        nonunique = False
+        for k in range(lu.nullity):
+            n_vec = lu.right_null[:, k]
+            w = float(np.linalg.norm(self.output_image(jac, n_vec)))
+            out_w = max(out_w, w)
+            if w > USER_WEIGHT_TOL and self.stays_solution(n_vec):
+                nonunique = True
+            param_w = max(param_w, float(np.linalg.norm(self.parameter_image(lu.left_null[:, k]))))
+        sigma = lu.sigma_min / lu.norm if lu.norm > 0 else 0.0
+        return SelectionCheck(name, jac.size, sigma, lu.nullity, out_w, param_w, nonunique)
+
+
+def check_instance(
+    index: int,
+    residual: ResidualMap,
+    z: np.ndarray,
+    program: ParametricConeProgram,
+    A_pattern: Pattern,
+    P_pattern: Pattern | None,
+    solution: ConeSolution,
+    selection: Selection,
+    level: str = "fast",
+    used_jacobian: ResidualJacobian | None = None,
+) -> CheckReport:
+    """Run the checks on one instance and compose its warnings (not emitted here)."""
+    if level not in CHECK_LEVELS:
+        raise ValueError(f"checks must be one of {CHECK_LEVELS}, got {level!r}")
+    rel = relative_residual(residual, z)
+    tol = kink_tolerance(residual, z)
+    warns: list[tuple[type, str]] = []
+    where = f"instance {index}"
+    # Inaccuracy is reported by the forward pass (see ``inaccuracy_message``).
+    if level == "off":
+        return CheckReport(index, solution.status, rel, tol, (), (), tuple(warns))
+
+    kinks = residual.cone.kinks(z[residual.n :], tol)
+    kink_text = tuple(_describe_kink(program, kind, i, rows) for kind, i, rows in kinks)
+    if kinks:
+        more = f"; and {len(kinks) - 5} more" if len(kinks) > 5 else ""
+        shown = "; ".join(kink_text[:5]) + more
+        warns.append((
+            NonsmoothPointWarning,
+            f"{where}: {len(kinks)} cone(s) at a kink of the projection ({shown}); the "
+            f"gradient uses the '{selection}' selection of a set-valued conservative Jacobian",
+        ))
+
+    inst = _Instance(residual, z, program, A_pattern, P_pattern)
+    N = residual.n + residual.m
+    checks: list[SelectionCheck] = []
+    if N <= DIRECT_MAX_SIZE or level == "full":
+        jac = used_jacobian or residual.jacobian(z, selection=selection, kink_tol=tol)
+        checks.append(inst.check_selection(jac, selection))
+        if kinks:
+            for other in SELECTIONS:
+                if other != selection:
+                    jac_o = residual.jacobian(z, selection=other, kink_tol=tol)
+                    checks.append(inst.check_selection(jac_o, other))
+    for chk in checks:
+        if chk.nonunique:
+            warns.append((
+                NonUniqueSolutionWarning,
+                f"{where}: the solution is not unique: a segment of solutions through the "
+                f"returned one moves the requested outputs (weight {chk.output_weight:.2g}); "
+                "the gradient describes the solver's arbitrary choice",
+            ))
+            break
+    for chk in checks:
+        if chk.singular_for_user and not chk.nonunique:
+            warns.append((
+                SingularJacobianWarning,
+                f"{where}: U is singular at the '{chk.selection}' selection (σ_min/σ_max ≈ "
+                f"{chk.sigma_min:.1e}, null space of dimension {chk.nullity}, weight on the "
+                f"requested outputs {chk.output_weight:.2g}, on the parameter gradient "
+                f"{chk.parameter_weight:.2g}); the gradient is not justified",
+            ))
+            break
+    return CheckReport(index, solution.status, rel, tol, kink_text, tuple(checks), tuple(warns))
+
+
+def inaccuracy_message(
+    index: int, solution: ConeSolution, residual: ResidualMap, z: np.ndarray, refined: bool
+) -> str | None:
+    """A warning message if instance ``index`` is not accurately solved: SCS reported an
+    inaccurate status and refinement (if any) did not bring ‖N(z)‖ below ACCURACY_RTOL,
+    or the residual is large whatever the status."""
+    rel = relative_residual(residual, z)
+    if rel <= ACCURACY_RTOL and (refined or solution.status == SOLVED):
+        return None
+    return (
+        f"instance {index}: SCS status '{solution.status}' after {solution.iterations} "
+        f"iterations (primal residual {solution.primal_residual:.2e}, dual residual "
+        f"{solution.dual_residual:.2e}); residual ‖N(z)‖ = {rel:.1e} relative"
+        + (" after Newton refinement" if refined else "")
+        + "; values and gradients may be inaccurate: raise max_iters or adjust "
+        "eps_abs/eps_rel in solver_args"
+    )
+
+
+def _describe_kink(program: ParametricConeProgram, kind: str, index: int, rows: slice) -> str:
+    con = program.constraint_at(rows.start)
+    owner = con.label if con is not None else "unknown constraint"
+    if len(owner) > 60:
+        owner = owner[:57] + "..."
+    return f"{kind} cone #{index} (rows {rows.start}-{rows.stop - 1}) of {owner}"
