@@ -33,11 +33,23 @@ def _label(expr: cp.Expression) -> str:
     return f"'{name}' (shape {expr.shape})"
 
 
-def _check_problem(problem: cp.Problem) -> None:
+def _check_problem(problem: cp.Problem, gp: bool = False) -> None:
     if not isinstance(problem, cp.Problem):
         raise CanonicalizationError(
             f"expected a cvxpy.Problem, got {type(problem).__name__}"
         )
+    if gp:
+        if not problem.is_dgp():
+            raise CanonicalizationError(
+                "gp=True but the problem is not DGP (log-log convex): see CVXPY's "
+                "'Disciplined Geometric Programming' rules"
+            )
+        if not problem.is_dgp(dpp=True):
+            raise CanonicalizationError(
+                "the problem is DGP but not DPP: some parameter enters in a way that "
+                "is not log-log affine"
+            )
+        return
     if not problem.is_dcp():
         raise CanonicalizationError(
             "the problem is not DCP (disciplined convex): CVXPY cannot prove it convex, "
@@ -94,6 +106,7 @@ def _check_variables(problem: cp.Problem, variables: Sequence[cp.Variable]) -> N
             f"{type(variables).__name__}"
         )
     in_problem = {v.id for v in problem.variables()}
+    in_problem |= {dv.id for c in problem.constraints for dv in c.dual_variables}
     for v in variables:
         if not isinstance(v, cp.Variable):
             raise CanonicalizationError(
@@ -102,7 +115,8 @@ def _check_variables(problem: cp.Problem, variables: Sequence[cp.Variable]) -> N
         if v.id not in in_problem:
             raise CanonicalizationError(
                 f"variable {_label(v)} is not a variable of the problem: the "
-                "requested variables must be a subset of problem.variables()"
+                "requested variables must be a subset of problem.variables() or dual "
+                "variables of its constraints (constraint.dual_variables[k])"
             )
 
 
@@ -144,14 +158,17 @@ def _cone_dims(dims) -> ConeDims:
     )
 
 
-def _variable_recovery(var: cp.Variable, param_prog, n: int) -> Recovery:
-    col = param_prog.var_id_to_col.get(var.id)
+def _variable_recovery(
+    var: cp.Variable, param_prog, n: int, var_id: int | None = None, exp: bool = False
+) -> Recovery:
+    var_id = var.id if var_id is None else var_id
+    col = param_prog.var_id_to_col.get(var_id)
     if col is None:
         raise CanonicalizationError(
             f"variable {_label(var)} does not appear in the canonicalized problem "
             "(CVXPY eliminated it); it cannot be an output"
         )
-    reduced = {v.id: v for v in param_prog.variables}[var.id]
+    reduced = {v.id: v for v in param_prog.variables}[var_id]
     size = int(reduced.size)
     select = sp.csr_matrix(
         (np.ones(size), (np.arange(size), col + np.arange(size))), shape=(size, n)
@@ -166,13 +183,35 @@ def _variable_recovery(var: cp.Variable, param_prog, n: int) -> Recovery:
             f"variable {_label(var)} has attributes whose recovery is not supported yet "
             f"({ {k: v for k, v in var.attributes.items() if v} })"
         )
-    return Recovery(name=var.name(), shape=tuple(var.shape), source="x", matrix=matrix)
+    return Recovery(
+        name=var.name(), shape=tuple(var.shape), source="x", matrix=matrix, exp=exp
+    )
 
 
-def _constraint_rows(problem: cp.Problem, param_prog, m: int) -> tuple[ConstraintRows, ...]:
+def _final_constraint_ids(problem: cp.Problem, inverse_data: list) -> dict[int, int]:
+    """User constraint id → id of the canonical constraint CVXPY turned it into, by
+    composing the reductions' constraint-id maps."""
+    maps = []
+    for inv in inverse_data:
+        if isinstance(inv, tuple) and len(inv) == 3 and isinstance(inv[2], dict):
+            maps.append(inv[2])  # CvxAttr2Constr
+        elif getattr(inv, "cons_id_map", None):
+            maps.append(inv.cons_id_map)
+    out = {}
+    for con in problem.constraints:
+        cid = con.id
+        for mapping in maps:
+            cid = mapping.get(cid, cid)
+        out[con.id] = cid
+    return out
+
+
+def _constraint_rows(
+    problem: cp.Problem, param_prog, m: int, final_ids: dict[int, int]
+) -> tuple[ConstraintRows, ...]:
     """Row ranges of the canonical constraints (in SCS's cone order), labelled with the
-    user's constraint where CVXPY kept its id. Empty if the sizes do not add up."""
-    user = {c.id: c for c in problem.constraints}
+    user's constraint they come from, if any. Empty if the sizes do not add up."""
+    user = {final_ids[c.id]: c for c in problem.constraints}
     rows, start = [], 0
     for con in param_prog.constraints:
         kind = type(con).__name__
@@ -188,31 +227,94 @@ def _constraint_rows(problem: cp.Problem, param_prog, m: int) -> tuple[Constrain
         else:
             size = int(con.size)
         if con.id in user:
-            label, is_user = str(user[con.id]), True
+            label, is_user, uid = str(user[con.id]), True, user[con.id].id
         else:
             label, is_user = f"auxiliary {kind} constraint (from canonicalization)", False
-        rows.append(ConstraintRows(label, kind, start, start + size, is_user))
+            uid = None
+        rows.append(ConstraintRows(label, kind, start, start + size, is_user, uid))
         start += size
     return tuple(rows) if start == m else ()
+
+
+def _dual_owner(problem: cp.Problem, var: cp.Variable):
+    """(constraint, k) such that ``var`` is ``constraint.dual_variables[k]``, or None."""
+    for con in problem.constraints:
+        for k, dv in enumerate(con.dual_variables):
+            if dv.id == var.id:
+                return con, k
+    return None
+
+
+def _dual_recovery(var, con, k: int, rows: ConstraintRows, m: int) -> Recovery:
+    """y rows → the dual variable's values (vec_F), in CVXPY's dual conventions."""
+    size = int(var.size)
+    start = rows.start
+    if rows.kind in ("Zero", "NonNeg"):
+        idx, coef = start + np.arange(size), np.ones(size)
+        out_idx = np.arange(size)
+    elif rows.kind == "SOC":
+        cone_sizes = list(con.cone_sizes())
+        axis = getattr(con, "axis", 0)
+        offsets = start + np.concatenate([[0], np.cumsum(cone_sizes)[:-1]]).astype(int)
+        if k == 0:  # t: the first row of each cone
+            idx, out_idx = offsets, np.arange(len(cone_sizes))
+        else:  # X: the other rows; cone i is column i (axis=0) or row i (axis=1)
+            shape = var.shape if len(var.shape) == 2 else (var.size, 1)
+            rows_i, cols_i = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+            cone = cols_i if axis == 0 else rows_i
+            within = rows_i if axis == 0 else cols_i
+            idx = (offsets[cone] + 1 + within).ravel()
+            out_idx = np.ravel_multi_index((rows_i.ravel(), cols_i.ravel()), shape, order="F")
+        coef = np.ones(idx.size)
+    elif rows.kind in ("ExpCone", "PowCone3D"):
+        cones = np.arange(size)
+        idx, out_idx, coef = start + 3 * cones + k, cones, np.ones(size)
+    elif rows.kind in ("PSD", "SvecPSD"):
+        n = int(var.shape[0])
+        r, c = np.tril_indices(n)  # column-major lower triangle: sort by column
+        order = np.lexsort((r, c))
+        r, c = r[order], c[order]
+        svec_rows = start + np.arange(r.size)
+        scale = np.where(r == c, 1.0, 1.0 / np.sqrt(2.0))
+        idx = np.concatenate([svec_rows, svec_rows[r != c]])
+        coef = np.concatenate([scale, scale[r != c]])
+        out_idx = np.concatenate([r + n * c, (c + n * r)[r != c]])
+    else:
+        raise CanonicalizationError(
+            f"dual variables of {rows.kind} constraints are not supported as outputs"
+        )
+    matrix = sp.csr_matrix((coef, (out_idx, idx)), shape=(size, m))
+    return Recovery(name=var.name(), shape=tuple(var.shape), source="y", matrix=matrix)
 
 
 def compile_problem(
     problem: cp.Problem,
     parameters: Sequence[cp.Parameter],
     variables: Sequence[cp.Variable],
+    gp: bool = False,
 ) -> ParametricConeProgram:
     """Compile ``problem`` into a ParametricConeProgram whose θ lists ``parameters``.
+
+    With ``gp=True`` the problem is log-log convex (DGP): CVXPY's Dgp2Dcp reduction
+    works in logs, so positive parameters enter θ as log(value) and variables come out
+    as exp(·) (recorded in the slots and recoveries).
 
     Raises CanonicalizationError naming the offender for non-DCP/non-DPP problems,
     parameter lists that differ from the problem's, and variables not in the problem.
     """
-    _check_problem(problem)
+    _check_problem(problem, gp)
     _check_parameters(problem, parameters)
     _check_variables(problem, variables)
 
-    data, _chain, _inverse = problem.get_problem_data(
-        cp.SCS, enforce_dpp=True, solver_opts={"use_quad_obj": True}
+    data, chain, inverse_data = problem.get_problem_data(
+        cp.SCS, gp=gp, enforce_dpp=True, solver_opts={"use_quad_obj": True}
     )
+    log_params: dict[int, int] = {}
+    log_vars: dict[int, int] = {}
+    if gp:
+        dgp = chain.reductions[0].canon_methods
+        log_params = {p.id: q.id for p, q in dgp._parameters.items()}
+        log_vars = {v.id: w.id for v, w in dgp._variables.items()}
     param_prog = data[cp.settings.PARAM_PROB]
     n = int(param_prog.x.size)
     dims = _cone_dims(param_prog.cone_dims)
@@ -245,7 +347,7 @@ def compile_problem(
 
     slots = []
     for p in parameters:
-        offset = param_prog.param_id_to_col.get(p.id)
+        offset = param_prog.param_id_to_col.get(log_params.get(p.id, p.id))
         if offset is None:
             raise CanonicalizationError(
                 f"parameter {_label(p)} was eliminated by CVXPY's canonicalization"
@@ -258,10 +360,34 @@ def compile_problem(
                 size=int(p.size),
                 nonneg=bool(p.attributes.get("nonneg")),
                 nonpos=bool(p.attributes.get("nonpos")),
+                positive=bool(p.attributes.get("pos")),
+                log=p.id in log_params,
             )
         )
 
-    recoveries = tuple(_variable_recovery(v, param_prog, n) for v in variables)
+    final_ids = _final_constraint_ids(problem, inverse_data)
+    constraint_rows = _constraint_rows(problem, param_prog, m, final_ids)
+    recoveries = []
+    for v in variables:
+        owner = _dual_owner(problem, v)
+        if owner is None:
+            recoveries.append(
+                _variable_recovery(v, param_prog, n, log_vars.get(v.id), exp=gp)
+            )
+            continue
+        if gp:
+            raise CanonicalizationError(
+                f"dual variables of log-log convex problems (gp=True) are not supported "
+                f"as outputs ({_label(v)})"
+            )
+        con, k = owner
+        rows = next((r for r in constraint_rows if r.user_id == con.id), None)
+        if rows is None:
+            raise CanonicalizationError(
+                f"the dual variable of constraint '{con}' could not be located in the "
+                "cone program"
+            )
+        recoveries.append(_dual_recovery(v, con, k, rows, m))
     return ParametricConeProgram(
         n=n,
         m=m,
@@ -272,6 +398,6 @@ def compile_problem(
         b_map=b_map,
         c_map=sp.csr_matrix(c_map),
         offset_map=sp.csr_matrix(offset_map),
-        recoveries=recoveries,
-        constraints=_constraint_rows(problem, param_prog, m),
+        recoveries=tuple(recoveries),
+        constraints=constraint_rows,
     )

@@ -29,6 +29,8 @@ class ParameterSlot:
     size: int
     nonneg: bool = False
     nonpos: bool = False
+    positive: bool = False
+    log: bool = False  # θ holds log(value) (positive parameters of log-log convex problems)
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class Recovery:
     shape: tuple[int, ...]
     source: str
     matrix: sp.csr_matrix
+    exp: bool = False  # the output is exp(matrix @ source) (log-log convex problems)
 
     def apply(self, vec: np.ndarray) -> np.ndarray:
         """The output's values from one source vector (or a (len, B) batch as columns)."""
@@ -67,6 +70,7 @@ class ConstraintRows:
     start: int
     stop: int
     user: bool
+    user_id: int | None = None  # id of the user's cvxpy constraint
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,12 @@ def unvec_batch(vec: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return out.transpose((0,) + tuple(range(len(shape), 0, -1)))
 
 
+def _apply(rec, vec: np.ndarray) -> np.ndarray:
+    """A recovery applied to a (len, B) batch of source vectors, with exp for DGP."""
+    out = rec.apply(vec)
+    return np.exp(out) if rec.exp else out
+
+
 @dataclass
 class ForwardResult:
     """Everything the backward pass needs, per instance of the batch. The derivative of
@@ -96,6 +102,7 @@ class ForwardResult:
     checks: str = "fast"
     _derivatives: dict = field(default_factory=dict)
     reports: list[CheckReport] | None = None
+    theta: np.ndarray | None = None  # (p, B), as passed to the cone programs
 
     def derivative(self, k: int) -> SolutionDerivative:
         """The jvp/vjp of instance k, with the selection applied to the cones within the
@@ -142,11 +149,9 @@ class LayerCore:
         solver_args: dict | None = None,
         checks: str = "fast",
     ) -> None:
-        if gp:
-            raise ProblemError("gp=True (log-log convex problems) is not supported yet")
         try:
             self.program: ParametricConeProgram = compile_problem(
-                problem, parameters, variables
+                problem, parameters, variables, gp=gp
             )
         except CanonicalizationError as err:
             raise ProblemError(str(err)) from err
@@ -155,6 +160,7 @@ class LayerCore:
         except NotImplementedError as err:
             raise ProblemError(str(err)) from err
         self.problem = problem
+        self.gp = gp
         self.parameters = list(parameters)
         self.variables = list(variables)
         self.solver_args = dict(solver_args or {})
@@ -221,6 +227,11 @@ class LayerCore:
                     f"parameter '{slot.name}' is declared nonneg but has negative entries "
                     f"(min {arr.min():.3g})"
                 )
+            if (slot.positive or slot.log) and np.any(arr <= 0):
+                raise ParameterError(
+                    f"parameter '{slot.name}' is declared pos but has entries <= 0 "
+                    f"(min {arr.min():.3g})"
+                )
             if slot.nonpos and np.any(arr > 0):
                 raise ParameterError(
                     f"parameter '{slot.name}' is declared nonpos but has positive entries "
@@ -234,7 +245,7 @@ class LayerCore:
         theta = np.zeros((self.program.num_theta, B))
         for slot, arr, is_batched in zip(self.program.parameters, arrays, batched):
             flat = vec_batch(arr) if is_batched else arr.ravel(order="F")[:, None]
-            theta[slot.offset : slot.offset + slot.size, :] = flat
+            theta[slot.offset : slot.offset + slot.size, :] = np.log(flat) if slot.log else flat
         return theta, batch, batched
 
     # -- forward ------------------------------------------------------------------------
@@ -296,7 +307,7 @@ class LayerCore:
         X = np.stack(xs, axis=1)
         Y = np.stack(ys, axis=1)
         outputs = [
-            unvec_batch(rec.apply(X if rec.source == "x" else Y), rec.shape)
+            unvec_batch(_apply(rec, X if rec.source == "x" else Y), rec.shape)
             for rec in self.program.recoveries
         ]
         return ForwardResult(
@@ -311,6 +322,7 @@ class LayerCore:
             selection=selection,
             method=own.get("linear_solver_method", "auto"),
             checks=own.get("checks", self.checks),
+            theta=theta,
         )
 
     def _raise_on_failures(self, solutions: list[ConeSolution]) -> None:
@@ -337,10 +349,13 @@ class LayerCore:
         for k in range(B):
             xbar = np.zeros(prog.n)
             ybar = np.zeros(prog.m)
-            for rec, g in zip(prog.recoveries, output_grads):
+            for rec, g, out in zip(prog.recoveries, output_grads, result.outputs):
                 if g is None:
                     continue
-                flat = np.asarray(g[k], dtype=np.float64).ravel(order="F")
+                g_k = np.asarray(g[k], dtype=np.float64)
+                if rec.exp:  # d exp(w) = exp(w) dw
+                    g_k = g_k * out[k]
+                flat = g_k.ravel(order="F")
                 if rec.source == "x":
                     xbar += rec.adjoint(flat)
                 else:
@@ -349,6 +364,10 @@ class LayerCore:
                 continue
             A_bar, b_bar, c_bar, P_bar = result.derivative(k).vjp(xbar, ybar, np.zeros(prog.m))
             theta_bar[:, k] = prog.data_adjoint(A_bar, b_bar, c_bar, P_bar)
+        for slot in prog.parameters:
+            if slot.log:  # θ = log(value): d/dvalue = d/dθ / value
+                rows = slice(slot.offset, slot.offset + slot.size)
+                theta_bar[rows] /= np.exp(result.theta[rows])
         return self._split_theta(theta_bar, result.batched_inputs)
 
     def jvp(self, result: ForwardResult, tangents: Sequence[np.ndarray | None]) -> list:
@@ -363,6 +382,8 @@ class LayerCore:
             t = np.asarray(t, dtype=np.float64)
             rows = slice(slot.offset, slot.offset + slot.size)
             dtheta[rows] = vec_batch(t) if is_batched else t.ravel(order="F")[:, None]
+            if slot.log:
+                dtheta[rows] /= np.exp(result.theta[rows])
         dtt = np.concatenate([dtheta, np.zeros((1, B))])  # constants do not move
         dA = prog.A.values(dtt)
         db, dc = prog.b_map @ dtt, prog.c_map @ dtt
@@ -374,9 +395,9 @@ class LayerCore:
             )
             dX[:, k], dY[:, k] = dx, dy
         outs = []
-        for rec in prog.recoveries:
-            vec = rec.apply(dX if rec.source == "x" else dY)
-            outs.append(unvec_batch(vec, rec.shape))
+        for rec, out in zip(prog.recoveries, result.outputs):
+            tangent = unvec_batch(rec.apply(dX if rec.source == "x" else dY), rec.shape)
+            outs.append(tangent * out if rec.exp else tangent)
         return outs
 
     def _split_theta(self, theta_bar: np.ndarray, batched: list[bool]) -> list[np.ndarray]:

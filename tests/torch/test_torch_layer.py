@@ -224,3 +224,22 @@ def test_infeasible_and_unbounded_name_the_instances():
     unbounded = cp.Problem(cp.Minimize(x), [x <= p])
     with pytest.raises(UnboundedError, match="instance 0: unbounded"):
         CvxpyLayer(unbounded, [p], [x])(torch.tensor([1.0], dtype=torch.float64))
+
+
+def test_trust_warning_as_error_stops_before_gradients_are_written():
+    """warnings.simplefilter("error", SingularJacobianWarning) turns the warning into an
+    exception raised by backward() before any .grad is written."""
+    import warnings
+
+    from conelayers.exceptions import SingularJacobianWarning
+
+    p = cp.Parameter(3, name="p")
+    s = cp.Variable(3, name="s")
+    layer = CvxpyLayer(cp.Problem(cp.Minimize(cp.sum(cp.power(s - p, 4)))), [p], [s])
+    pt = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64, requires_grad=True)
+    (out,) = layer(pt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SingularJacobianWarning)
+        with pytest.raises(SingularJacobianWarning, match="instance 0"):
+            out.sum().backward()
+    assert pt.grad is None
