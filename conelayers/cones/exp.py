@@ -76,7 +76,9 @@ selections swap under Moreau: lower_{K*}(v) = I − upper_K(−v).
 union of the strata: exact outside K ∪ K° (‖Π_{K°}(v)‖, ‖Π_K(v)‖ and the distances to the
 quarter-planes S5–S7); inside K it is min_{y ∈ K*, ‖y‖=1} ⟨y, v⟩ evaluated at the first
 stationary point of that one-dimensional problem (again a root of h) and at its limit
-s, which is exact near the boundary and an upper bound in general (likewise in K°).
+s, which is exact near the boundary and an upper bound in general (likewise in K°;
+h can have several roots there, e.g. v = (1.099, 0.0143, −2.07) ∈ int K° gets 1.099
+where the distance is 1.070).
 Distances below 16·ε·‖v‖∞ (the floating-point resolution) are reported as 0. A cone
 with kink_distance ≤ ``kink_tol`` takes the selection of its nearest stratum (of a line
 or the origin, if one is within ``kink_tol``).
@@ -160,8 +162,9 @@ def _root(V: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return x
 
 
-def _expand(V: np.ndarray, x0: np.ndarray, direction: float) -> tuple[np.ndarray, np.ndarray,
-                                                                      np.ndarray]:
+def _expand(
+    V: np.ndarray, x0: np.ndarray, direction: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Walk from x0 by x0 + direction·2^k until direction·h ≥ 0.
 
     Returns (inner, outer, found): the last point without the sign change (or x0), the
@@ -228,9 +231,11 @@ def _regions(V: np.ndarray) -> np.ndarray:
     r, s, t = V[:, 0], V[:, 1], V[:, 2]
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
         in_k = ((s > 0) & (s * np.exp(r / np.where(s > 0, s, 1.0)) <= t)) | (
-            (s == 0) & (r <= 0) & (t >= 0))
+            (s == 0) & (r <= 0) & (t >= 0)
+        )
         in_p = ((r > 0) & (r * np.exp(s / np.where(r > 0, r, 1.0) - 1.0) <= -t)) | (
-            (r == 0) & (s <= 0) & (t <= 0))
+            (r == 0) & (s <= 0) & (t <= 0)
+        )
     reg = np.full(V.shape[0], _BOUNDARY)
     reg[(r <= 0) & (s <= 0)] = _QUAD
     reg[in_p] = _IN_POLAR
@@ -302,25 +307,29 @@ def _candidates(V: np.ndarray, rho: np.ndarray) -> tuple[np.ndarray, np.ndarray]
         sig = np.maximum(np.einsum("ni,ni->n", V, a), 0.0)
         p1 = sig[:, None] * a
         sf = (rq - iq) * r + iq * s
-        p2 = np.where((sf > 0)[:, None], sf[:, None] * np.stack([rho, 1.0 + zero,
-                                                                 np.exp(rho)], axis=1),
-                      np.inf)
+        p2 = np.where(
+            (sf > 0)[:, None],
+            sf[:, None] * np.stack([rho, 1.0 + zero, np.exp(rho)], axis=1),
+            np.inf,
+        )
         # polar heuristics
         g1 = np.stack([zero, np.minimum(s, 0.0), np.minimum(t, 0.0)], axis=1)
-        td = np.where(r > 0, np.minimum(t, -r * np.exp(s / np.where(r > 0, r, 1.0) - 1.0)),
-                      -np.inf)
+        td = np.where(r > 0, np.minimum(t, -r * np.exp(s / np.where(r > 0, r, 1.0) - 1.0)), -np.inf)
         g2 = np.stack([r, s, td], axis=1)
         mu = np.maximum(np.einsum("ni,ni->n", V, b), 0.0)
         d1 = mu[:, None] * b
         mf = iq * r - rq * s
-        d2 = np.where((mf > 0)[:, None], mf[:, None] * np.stack([1.0 + zero, 1.0 - rho,
-                                                                 -np.exp(-rho)], axis=1),
-                      np.inf)
+        d2 = np.where(
+            (mf > 0)[:, None],
+            mf[:, None] * np.stack([1.0 + zero, 1.0 - rho, -np.exp(-rho)], axis=1),
+            np.inf,
+        )
     return _best_pair(V, [p1, p2, h1, h2], [d1, d2, g1, g2])
 
 
-def _best_pair(V: np.ndarray, prim: list[np.ndarray], pol: list[np.ndarray]
-               ) -> tuple[np.ndarray, np.ndarray]:
+def _best_pair(
+    V: np.ndarray, prim: list[np.ndarray], pol: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
     """Row-wise the pair (p, d) of candidates (all feasible by construction) with the
     smallest first-order optimality error ‖v − p − d‖ + |⟨p, d⟩|/max(‖p‖, ‖d‖); ties go
     to the earlier candidates (the root-based ones). Comparing distances ‖v − p‖ alone, as
@@ -387,9 +396,16 @@ def _interior_distance(V: np.ndarray, polar: bool) -> tuple[np.ndarray, np.ndarr
     return np.minimum(dist, face), rho
 
 
-def _kinks(V: np.ndarray, P: np.ndarray, D: np.ndarray, reg: np.ndarray, rho: np.ndarray,
-           J: np.ndarray, tol: np.ndarray | None, selection: Selection
-           ) -> tuple[np.ndarray, np.ndarray | None]:
+def _kinks(
+    V: np.ndarray,
+    P: np.ndarray,
+    D: np.ndarray,
+    reg: np.ndarray,
+    rho: np.ndarray,
+    J: np.ndarray,
+    tol: np.ndarray | None,
+    selection: Selection,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Kink distance of each scaled row and, if tol is given, the Jacobians with the
     selection applied to rows within tol of a kink (J is the off-kink Jacobian)."""
     n = V.shape[0]
@@ -428,13 +444,16 @@ def _kinks(V: np.ndarray, P: np.ndarray, D: np.ndarray, reg: np.ndarray, rho: np
     if tol is None:
         return dist, None
 
-    lines = np.stack([
-        np.sqrt(pos(r) ** 2 + s**2 + t**2),  # L1
-        np.sqrt(r**2 + pos(s) ** 2 + t**2),  # L2
-        np.sqrt(r**2 + s**2 + neg(t) ** 2),  # L3
-        np.sqrt(r**2 + s**2 + pos(t) ** 2),  # L4
-        np.linalg.norm(V, axis=1),  # origin
-    ], axis=1)
+    lines = np.stack(
+        [
+            np.sqrt(pos(r) ** 2 + s**2 + t**2),  # L1
+            np.sqrt(r**2 + pos(s) ** 2 + t**2),  # L2
+            np.sqrt(r**2 + s**2 + neg(t) ** 2),  # L3
+            np.sqrt(r**2 + s**2 + pos(t) ** 2),  # L4
+            np.linalg.norm(V, axis=1),  # origin
+        ],
+        axis=1,
+    )
     lines = np.where(lines <= rnd[:, None], 0.0, lines)
     on_b = (reg == _BOUNDARY)[:, None, None]
     D_ = _DIAG
@@ -442,10 +461,14 @@ def _kinks(V: np.ndarray, P: np.ndarray, D: np.ndarray, reg: np.ndarray, rho: np
     s1_lo = np.where(on_b, J, tangent)
     s2_up = np.where(on_b, J, radial)
     pairs_strata = [
-        (np.where(face_k[:, None, None], D_["101"], s1_lo),
-         np.broadcast_to(D_["I"], (n, 3, 3))),  # ∂K: S1 or S3
-        (np.broadcast_to(D_["0"], (n, 3, 3)),
-         np.where(face_p[:, None, None], D_["100"], s2_up)),  # ∂K°: S2 or S4
+        (
+            np.where(face_k[:, None, None], D_["101"], s1_lo),
+            np.broadcast_to(D_["I"], (n, 3, 3)),
+        ),  # ∂K: S1 or S3
+        (
+            np.broadcast_to(D_["0"], (n, 3, 3)),
+            np.where(face_p[:, None, None], D_["100"], s2_up),
+        ),  # ∂K°: S2 or S4
         (np.broadcast_to(D_["100"], (n, 3, 3)), np.where(on_b, J, D_["110"])),  # S5
         (np.where(on_b, J, D_["001"]), np.broadcast_to(D_["101"], (n, 3, 3))),  # S6
         (np.broadcast_to(D_["100"], (n, 3, 3)), np.broadcast_to(D_["101"], (n, 3, 3))),  # S7
@@ -518,8 +541,9 @@ class ExpJacobian(ConeJacobian):
         base = 3 * np.arange(n)[:, None, None]
         rows = np.broadcast_to(base + np.arange(3)[None, :, None], (n, 3, 3))
         cols = np.broadcast_to(base + np.arange(3)[None, None, :], (n, 3, 3))
-        M = sp.coo_matrix((self.mats.ravel(), (rows.ravel(), cols.ravel())),
-                          shape=self.shape).tocsc()
+        M = sp.coo_matrix(
+            (self.mats.ravel(), (rows.ravel(), cols.ravel())), shape=self.shape
+        ).tocsc()
         M.eliminate_zeros()
         return M
 
