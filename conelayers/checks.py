@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.sparse as sp
+from scipy.sparse import csgraph
 
 from canonicalize import ParametricConeProgram
 from conelayers.cones import SELECTIONS, Selection
@@ -150,17 +152,36 @@ class _Instance:
                 return True
         return False
 
+    def coupled_mask(self, U: sp.spmatrix) -> np.ndarray:
+        """Coordinates of z in the blocks of U that are coupled to a requested output.
+
+        U is often block diagonal after a permutation (e.g. an auxiliary variable that
+        no constraint ties to the outputs); a singular block that shares no equation
+        or unknown with the outputs cannot affect their derivative, so its null vectors
+        are ignored. The blocks are the connected components of U's sparsity graph.
+        """
+        pattern = abs(sp.csr_matrix(U))
+        _, labels = csgraph.connected_components(pattern + pattern.T, directed=False)
+        visible = np.zeros(U.shape[0], dtype=bool)
+        for rec in self.program.recoveries:
+            cols = np.unique(rec.matrix.indices)
+            visible[cols if rec.source == "x" else self.n + cols] = True
+        return np.isin(labels, np.unique(labels[visible]))
+
     def check_selection(self, jac: ResidualJacobian, name: str) -> SelectionCheck:
         lu = jac.factorization()
         out_w = param_w = 0.0
         nonunique = False
+        coupled = self.coupled_mask(lu.U) if lu.nullity else None
         for k in range(lu.nullity):
             n_vec = lu.right_null[:, k]
             w = float(np.linalg.norm(self.output_image(jac, n_vec)))
             out_w = max(out_w, w)
             if w > USER_WEIGHT_TOL and self.stays_solution(n_vec):
                 nonunique = True
-            param_w = max(param_w, float(np.linalg.norm(self.parameter_image(lu.left_null[:, k]))))
+            # Restricted to the coupled blocks, ℓ is still a left null vector.
+            ell = np.where(coupled, lu.left_null[:, k], 0.0)
+            param_w = max(param_w, float(np.linalg.norm(self.parameter_image(ell))))
         sigma = lu.sigma_min / lu.norm if lu.norm > 0 else 0.0
         return SelectionCheck(name, jac.size, sigma, lu.nullity, out_w, param_w, nonunique)
 

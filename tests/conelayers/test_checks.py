@@ -221,3 +221,19 @@ def test_checks_off_is_silent_and_reports_nothing():
         warnings.simplefilter("error", TrustWarning)
         result, _ = _gradient(core, [np.array([1.0, 1.0])], solver_args={"checks": "off"})
     assert result.reports[0].verdict == "ok" and result.reports[0].selections == ()
+
+
+def test_singular_block_decoupled_from_outputs_is_silent():
+    """w is not unique (c₂ = 0) and not differentiable in c₂, but no equation ties it to
+    the requested x: U is block diagonal, x's block is regular, and ∂x/∂(p, c) is exact."""
+    p, c = cp.Parameter(3, name="p"), cp.Parameter(2, name="c")
+    x, w = cp.Variable(3, name="x"), cp.Variable(2, name="w")
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(x - p) + c @ w), [w >= 0, w <= 1])
+    core = LayerCore(prob, [p, c], [x])
+    _, (gp, gc) = _no_trust_warning(core, [np.array([0.5, -1.0, 2.0]), np.array([1.0, 0.0])])
+    np.testing.assert_allclose(gp, np.ones(3), atol=1e-10)
+    np.testing.assert_allclose(gc, 0.0, atol=1e-10)
+    # Requesting w itself does warn: it is the non-unique part.
+    core_w = LayerCore(prob, [p, c], [w])
+    with pytest.warns((NonUniqueSolutionWarning, SingularJacobianWarning)):
+        _gradient(core_w, [np.array([0.5, -1.0, 2.0]), np.array([1.0, 0.0])])
