@@ -400,4 +400,5 @@ def compile_problem(
         offset_map=sp.csr_matrix(offset_map),
         recoveries=tuple(recoveries),
         constraints=constraint_rows,
+        objective_sign=-1.0 if isinstance(problem.objective, cp.Maximize) else 1.0,
     )

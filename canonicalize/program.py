@@ -125,6 +125,7 @@ class ParametricConeProgram:
     offset_map: sp.csr_matrix
     recoveries: tuple[Recovery, ...] = field(default=())
     constraints: tuple[ConstraintRows, ...] = field(default=())
+    objective_sign: float = 1.0  # −1 when the user's problem maximizes: value = sign·p*
 
     def constraint_at(self, row: int) -> ConstraintRows | None:
         """The constraint that owns cone row ``row`` (None if unknown)."""
@@ -173,3 +174,71 @@ class ParametricConeProgram:
         if offset_bar is not None:
             theta_bar = theta_bar + self.offset_map.T @ offset_bar
         return np.asarray(theta_bar)[:-1]
+
+
+def _identity_map(rows: int, offset: int, total: int) -> sp.csr_matrix:
+    """Rows of θ̃ ↦ θ̃[offset:offset+rows] (θ̃ has ``total`` entries, the last being 1)."""
+    return sp.csr_matrix(
+        (np.ones(rows), (np.arange(rows), offset + np.arange(rows))), shape=(rows, total)
+    )
+
+
+def fixed_program(
+    A: sp.spmatrix,
+    b: np.ndarray,
+    c: np.ndarray,
+    dims: ConeDims,
+    P: sp.spmatrix | None = None,
+    offset: float = 0.0,
+) -> tuple[ParametricConeProgram, np.ndarray]:
+    """A fixed cone program (e.g. read from a file) whose data are the parameters.
+
+    θ stacks the stored entries of A (in CSC order), b, c and, if given, the stored
+    entries of P (full symmetric), as parameters named "A", "b", "c", "P"; the outputs
+    are x (primal) and y (dual). Returns the program and the θ of the given data, so
+    derivatives with respect to any entry of the data come from the same machinery as
+    CVXPY layers.
+    """
+    A = sp.csc_matrix(A, dtype=np.float64)
+    A.sort_indices()
+    m, n = A.shape
+    b = np.asarray(b, dtype=np.float64).ravel()
+    c = np.asarray(c, dtype=np.float64).ravel()
+    if b.size != m or c.size != n or dims.size != m:
+        raise ValueError(
+            f"inconsistent sizes: A is {m}x{n}, b has {b.size}, c has {c.size}, the cone "
+            f"has {dims.size} rows"
+        )
+    Pm = None
+    if P is not None:
+        Pm = sp.csc_matrix(P, dtype=np.float64)
+        Pm.sort_indices()
+        if Pm.shape != (n, n):
+            raise ValueError(f"P is {Pm.shape}, expected {(n, n)}")
+    sizes = [("A", A.nnz, (A.nnz,)), ("b", m, (m,)), ("c", n, (n,))]
+    if Pm is not None:
+        sizes.append(("P", Pm.nnz, (Pm.nnz,)))
+    total = sum(s for _, s, _ in sizes) + 1
+    slots, start = [], 0
+    for name, size, shape in sizes:
+        slots.append(ParameterSlot(name=name, shape=shape, offset=start, size=size))
+        start += size
+    o = {s.name: s.offset for s in slots}
+    A_map = SparseDataMap((m, n), A.indices.astype(np.int64), A.indptr.astype(np.int64),
+                          _identity_map(A.nnz, o["A"], total))
+    P_map = None
+    if Pm is not None and Pm.nnz:
+        P_map = SparseDataMap((n, n), Pm.indices.astype(np.int64), Pm.indptr.astype(np.int64),
+                              _identity_map(Pm.nnz, o["P"], total))
+    offset_map = sp.csr_matrix(([offset], ([0], [total - 1])), shape=(1, total))
+    recoveries = (
+        Recovery("x", (n,), "x", sp.identity(n, format="csr")),
+        Recovery("y", (m,), "y", sp.identity(m, format="csr")),
+    )
+    program = ParametricConeProgram(
+        n=n, m=m, dims=dims, parameters=tuple(slots), A=A_map, P=P_map,
+        b_map=_identity_map(m, o["b"], total), c_map=_identity_map(n, o["c"], total),
+        offset_map=offset_map, recoveries=recoveries,
+    )
+    theta = np.concatenate([A.data, b, c] + ([Pm.data] if Pm is not None else []))
+    return program, theta

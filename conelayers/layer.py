@@ -150,19 +150,35 @@ class LayerCore:
         checks: str = "fast",
     ) -> None:
         try:
-            self.program: ParametricConeProgram = compile_problem(
-                problem, parameters, variables, gp=gp
-            )
+            program = compile_problem(problem, parameters, variables, gp=gp)
         except CanonicalizationError as err:
             raise ProblemError(str(err)) from err
-        try:
-            self.cone = ProductCone(self.program.dims)
-        except NotImplementedError as err:
-            raise ProblemError(str(err)) from err
+        self._setup(program, solver_args, checks)
         self.problem = problem
         self.gp = gp
         self.parameters = list(parameters)
         self.variables = list(variables)
+
+    @classmethod
+    def from_program(
+        cls, program: ParametricConeProgram, solver_args: dict | None = None,
+        checks: str = "fast",
+    ) -> LayerCore:
+        """A core for an already compiled program (e.g. a problem file's fixed data,
+        ``canonicalize.program.fixed_program``); its parameters are the program's slots."""
+        core = cls.__new__(cls)
+        core._setup(program, solver_args, checks)
+        core.problem, core.gp, core.variables = None, False, []
+        core.parameters = list(program.parameters)
+        return core
+
+    def _setup(self, program: ParametricConeProgram, solver_args: dict | None,
+               checks: str) -> None:
+        self.program = program
+        try:
+            self.cone = ProductCone(program.dims)
+        except NotImplementedError as err:
+            raise ProblemError(str(err)) from err
         self.solver_args = dict(solver_args or {})
         if checks not in CHECK_LEVELS:
             raise ValueError(f"checks must be one of {CHECK_LEVELS}, got {checks!r}")
@@ -180,9 +196,9 @@ class LayerCore:
     ) -> tuple[np.ndarray, int | None, list[bool]]:
         """Validate the values (one per parameter, optional leading batch axis) and stack
         them into θ of shape (p, B). Returns (θ, batch size or None, which were batched)."""
-        if len(values) != len(self.parameters):
+        if len(values) != len(self.program.parameters):
             raise ParameterError(
-                f"expected {len(self.parameters)} parameter values (one for each of "
+                f"expected {len(self.program.parameters)} parameter values (one for each of "
                 f"{', '.join(s.name for s in self.program.parameters)}), got {len(values)}"
             )
         arrays, batched, batch = [], [], None

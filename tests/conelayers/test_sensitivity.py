@@ -1,0 +1,92 @@
+"""The sensitivity API: optimal-value sensitivities against central differences of
+CVXPY's optimal value (envelope theorem), jvp/vjp/jacobian consistency, names."""
+
+from __future__ import annotations
+
+import cvxpy as cp
+import numpy as np
+import pytest
+
+from conelayers.exceptions import ParameterError
+from conelayers.sensitivity import analyze
+from tests import zoo
+
+UNBATCHED = ["lp", "qp", "least_squares", "socp", "sdp", "entropy", "logistic",
+             "matrix_variable"]
+
+
+def _set(z):
+    for p, v in zip(z.parameters, z.values):
+        p.value = v
+
+
+@pytest.mark.parametrize("name", UNBATCHED)
+def test_objective_gradient_matches_finite_differences(name):
+    z = zoo.make(name)
+    _set(z)
+    sens = analyze(z.problem, z.parameters, z.variables, solver_args={"eps": 1e-9})
+    z.problem.solve(solver=cp.CLARABEL if z.fd_solver == "CLARABEL" else cp.SCS,
+                    **({"eps": 1e-12, "max_iters": 200_000} if z.fd_solver == "SCS" else {}))
+    assert sens.objective == pytest.approx(z.problem.value, rel=1e-7, abs=1e-8)
+    grads = sens.objective_gradient()
+    rng = np.random.default_rng(0)
+    d = [rng.standard_normal(np.shape(v)) for v in z.values]
+    h = 1e-4
+
+    def value(vals):
+        for p, v in zip(z.parameters, vals):
+            p.value = v
+        if z.fd_solver == "SCS":
+            z.problem.solve(solver=cp.SCS, eps=1e-12, max_iters=200_000)
+        else:
+            z.problem.solve(solver=cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12,
+                            tol_feas=1e-12)
+        return z.problem.value
+
+    fd = (value([v + h * di for v, di in zip(z.values, d)])
+          - value([v - h * di for v, di in zip(z.values, d)])) / (2 * h)
+    analytic = sum(float((grads[p.name()] * di).sum()) for p, di in zip(z.parameters, d))
+    assert analytic == pytest.approx(fd, rel=1e-5, abs=1e-7)
+
+
+def test_lp_value_sensitivity_is_the_dual():
+    """min cᵀx s.t. Gx ≤ h, 0 ≤ x ≤ 1: ∂p*/∂c = x and ∂p*/∂h = −λ (the multiplier of
+    Gx ≤ h, as CVXPY reports it)."""
+    z = zoo.make("lp")
+    _set(z)
+    sens = analyze(z.problem, z.parameters, z.variables, solver_args={"eps": 1e-9})
+    grads = sens.objective_gradient()
+    x = sens.values[z.variables[0].name()]
+    z.problem.solve(solver=cp.CLARABEL)
+    np.testing.assert_allclose(grads[z.parameters[0].name()], x, atol=1e-8)
+    np.testing.assert_allclose(grads[z.parameters[1].name()],
+                               -z.problem.constraints[0].dual_value, atol=1e-7)
+
+
+def test_jacobian_consistent_with_jvp_and_named():
+    z = zoo.make("qp")
+    _set(z)
+    sens = analyze(z.problem, z.parameters, z.variables)
+    q, h = z.parameters
+    x = z.variables[0]
+    jac = sens.jacobian()
+    assert jac[(x.name(), q.name())].shape == x.shape + q.shape
+    d = np.random.default_rng(1).standard_normal(q.shape)
+    np.testing.assert_allclose(jac[(x.name(), q.name())] @ d,
+                               sens.jvp({q.name(): d})[x.name()], atol=1e-10)
+    g = sens.vjp({x.name(): np.ones(x.shape)})
+    np.testing.assert_allclose(g[h.name()], jac[(x.name(), h.name())].sum(axis=0), atol=1e-10)
+    assert sens.report.verdict == "ok"
+
+
+def test_errors_name_the_offender():
+    z = zoo.make("qp")
+    _set(z)
+    sens = analyze(z.problem, z.parameters, z.variables)
+    with pytest.raises(ParameterError, match="unknown parameter"):
+        sens.jvp({"nope": np.zeros(2)})
+    with pytest.raises(ParameterError, match=f"parameter '{z.parameters[0].name()}'"):
+        sens.jvp({z.parameters[0].name(): np.zeros(99)})
+    z.parameters[0].value = None
+    with pytest.raises(ParameterError, match="without a value"):
+        analyze(z.problem)
