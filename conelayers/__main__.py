@@ -1,0 +1,7 @@
+"""``python -m conelayers diagnose FILE``."""
+
+import sys
+
+from conelayers.cli import main
+
+sys.exit(main())
