@@ -20,12 +20,12 @@ import numpy as np
 import canonicalize
 import conelayers
 from canonicalize import CanonicalizationError, ParametricConeProgram, compile_problem
+from conelayers._threads import single_threaded_blas
 from conelayers.checks import (
     CHECK_LEVELS,
     CheckReport,
     check_instance,
     inaccuracy_message,
-    kink_tolerance,
 )
 from conelayers.cones import ProductCone, Selection
 from conelayers.derivative import Pattern, SolutionDerivative
@@ -39,7 +39,7 @@ from conelayers.exceptions import (
     describe_failures,
 )
 from conelayers.refine import refine_solution
-from conelayers.residual import ResidualMap
+from conelayers.residual import ResidualMap, kink_tolerance
 from conelayers.solvers.scs import (
     ConeProgram,
     ConeSolution,
@@ -103,6 +103,7 @@ class ForwardResult:
     _derivatives: dict = field(default_factory=dict)
     reports: list[CheckReport] | None = None
     theta: np.ndarray | None = None  # (p, B), as passed to the cone programs
+    _jacobians: list = field(default_factory=list)  # reusable refinement Jacobians
 
     def derivative(self, k: int) -> SolutionDerivative:
         """The jvp/vjp of instance k, with the selection applied to the cones within the
@@ -110,9 +111,11 @@ class ForwardResult:
         if k not in self._derivatives:
             residual, z = self.residuals[k], self.points[k]
             x, y, s = residual.solution_from_z(z)
-            jac = residual.jacobian(
-                z, selection=self.selection, kink_tol=kink_tolerance(residual, z)
-            )
+            jac = self._jacobians[k] if k < len(self._jacobians) else None
+            if jac is None:
+                jac = residual.jacobian(
+                    z, selection=self.selection, kink_tol=kink_tolerance(residual, z)
+                )
             self._derivatives[k] = SolutionDerivative(
                 jac, x, y, s, self.A_pattern, self.P_pattern, self.method
             )
@@ -297,6 +300,10 @@ class LayerCore:
     ) -> ForwardResult:
         """Solve every instance (refined by Newton steps unless ``refine=False``) and
         recover the outputs."""
+        with single_threaded_blas():
+            return self._forward(values, solver_args)
+
+    def _forward(self, values, solver_args) -> ForwardResult:
         theta, batch, batched = self.parameter_values(values)
         settings, own = self._settings(solver_args)
         programs = self.instances(theta)
@@ -305,13 +312,15 @@ class LayerCore:
 
         refine = own.get("refine", True)
         selection: Selection = own.get("selection", "lower")
-        xs, ys, residuals, points = [], [], [], []
+        xs, ys, residuals, points, jacobians = [], [], [], [], []
         for prog, sol in zip(programs, solutions):
             residual = ResidualMap(prog, self.cone)
+            jac = None
             if refine:
-                z = refine_solution(residual, sol, settings, selection)
+                z, jac = refine_solution(residual, sol, settings, selection)
             else:
                 z = residual.z_from_solution(sol.x, sol.y, sol.s)
+            jacobians.append(jac)
             x, y, _s = residual.solution_from_z(z)
             xs.append(x)
             ys.append(y)
@@ -339,6 +348,7 @@ class LayerCore:
             method=own.get("linear_solver_method", "auto"),
             checks=own.get("checks", self.checks),
             theta=theta,
+            _jacobians=jacobians,
         )
 
     def _raise_on_failures(self, solutions: list[ConeSolution]) -> None:
@@ -353,6 +363,11 @@ class LayerCore:
             raise SolverError(f"SCS did not solve the problem ({text})", failures)
     # -- derivatives ----------------------------------------------------------------------
     def vjp(self, result: ForwardResult, output_grads: Sequence[np.ndarray | None]) -> list:
+        """Gradients on each parameter (see ``_vjp``), after the trust checks."""
+        with single_threaded_blas():
+            return self._vjp(result, output_grads)
+
+    def _vjp(self, result: ForwardResult, output_grads: Sequence[np.ndarray | None]) -> list:
         """Gradients on each parameter from gradients on each output (shape (B, *shape)).
 
         Returns one array per parameter, batched (B, *shape) when that input was batched,
@@ -387,6 +402,11 @@ class LayerCore:
         return self._split_theta(theta_bar, result.batched_inputs)
 
     def jvp(self, result: ForwardResult, tangents: Sequence[np.ndarray | None]) -> list:
+        """Tangents of each output (see ``_jvp``), after the trust checks."""
+        with single_threaded_blas():
+            return self._jvp(result, tangents)
+
+    def _jvp(self, result: ForwardResult, tangents: Sequence[np.ndarray | None]) -> list:
         """Tangents of each output (B, *shape) from tangents of each parameter."""
         prog = self.program
         result.check(prog)

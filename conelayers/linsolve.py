@@ -62,26 +62,56 @@ class NullSpaceLU:
             self._lu = spla.splu(U)
         except RuntimeError:  # an exactly zero pivot: factor a tiny shift instead
             self._lu = spla.splu(U + (1e-14 * scale) * sp.identity(self.size, format="csc"))
-        rng = np.random.default_rng(seed)
-        self.right_null, self.sigma_right = self._null_space(rng, block, transpose=False)
-        self.left_null, self.sigma_left = self._null_space(rng, block, transpose=True)
-        k = min(self.right_null.shape[1], self.left_null.shape[1])
+        # Tiny pivots of the LU estimate the nullity, so one block usually suffices.
+        pivots = np.abs(self._lu.U.diagonal())
+        self.tiny_pivots = int(
+            np.count_nonzero(pivots <= 1e-9 * max(pivots.max(initial=0.0), 1e-300))
+        )
+        self._block, self._seed = max(block, self.tiny_pivots + 2), seed
+        self._analyzed = False
+
+    def _analyze(self) -> None:
+        """Find the null spaces and factor the bordered system (on first need)."""
+        if self._analyzed:
+            return
+        rng = np.random.default_rng(self._seed)
+        right, self._sigma_right = self._null_space(rng, self._block, transpose=False)
+        left, self._sigma_left = self._null_space(rng, self._block, transpose=True)
+        k = min(right.shape[1], left.shape[1])
         # A square matrix has null spaces of equal dimension; numerically keep the common
         # count, taking the directions with the smallest singular values on each side.
-        self.right_null, self.left_null = self.right_null[:, :k], self.left_null[:, :k]
-        self.nullity = k
+        self._right, self._left, self._nullity = right[:, :k], left[:, :k], k
         self._bordered = None
         if k:
             B = sp.bmat(
-                [[U, sp.csc_matrix(self.left_null)], [sp.csc_matrix(self.right_null.T), None]],
+                [[self.U, sp.csc_matrix(self._left)], [sp.csc_matrix(self._right.T), None]],
                 format="csc",
             )
             self._bordered = spla.splu(B)
+        self._analyzed = True
+
+    @property
+    def right_null(self) -> np.ndarray:
+        """Orthonormal basis (columns) of the numerical null space of U."""
+        self._analyze()
+        return self._right
+
+    @property
+    def left_null(self) -> np.ndarray:
+        """Orthonormal basis (columns) of the numerical null space of Uᵀ."""
+        self._analyze()
+        return self._left
+
+    @property
+    def nullity(self) -> int:
+        self._analyze()
+        return self._nullity
 
     @property
     def sigma_min(self) -> float:
         """Estimate of the smallest singular value of U."""
-        return float(min(self.sigma_right.min(), self.sigma_left.min()))
+        self._analyze()
+        return float(min(self._sigma_right.min(), self._sigma_left.min()))
 
     def _null_space(self, rng, block: int, transpose: bool) -> tuple[np.ndarray, np.ndarray]:
         """Orthonormal basis of the numerical null space of U (or Uᵀ), and the estimated
@@ -106,7 +136,12 @@ class NullSpaceLU:
 
     def solve(self, rhs: np.ndarray, transpose: bool = False) -> tuple[np.ndarray, float]:
         """Minimum-norm w with U w = rhs (Uᵀ w = rhs) on the consistent part, and the
-        norm of the inconsistent part of rhs (0 when rhs ∈ range)."""
+        norm of the inconsistent part of rhs (0 when rhs ∈ range). Without tiny pivots
+        (the common, regular case) this is a plain LU solve, and the null-space search
+        waits until a check asks for it."""
+        if not self._analyzed and self.tiny_pivots == 0:
+            return self._lu.solve(rhs, trans="T" if transpose else "N"), 0.0
+        self._analyze()
         if self._bordered is None:
             return self._lu.solve(rhs, trans="T" if transpose else "N"), 0.0
         ext = np.concatenate([rhs, np.zeros(self.nullity)])

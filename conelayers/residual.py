@@ -152,10 +152,11 @@ class ResidualJacobian:
             w, inconsistency = lu.solve(rhs, transpose=transpose)
             apply = self.rmatvec if transpose else self.matvec
             res = float(np.linalg.norm(apply(w) - rhs)) / rhs_norm
+            nullity = lu.nullity if lu._analyzed else 0
             info = LinearSolveInfo(
-                "direct", res, nullity=lu.nullity, inconsistency=inconsistency / rhs_norm
+                "direct", res, nullity=nullity, inconsistency=inconsistency / rhs_norm
             )
-            if np.all(np.isfinite(w)) and (res < 1e-8 or lu.nullity):
+            if np.all(np.isfinite(w)) and (res < 1e-8 or nullity):
                 return w, info
             if method == "direct":
                 return w, info
@@ -172,35 +173,64 @@ class ResidualJacobian:
         return w, LinearSolveInfo("lsqr", res, iterations=itn, lsqr_istop=istop)
 
 
+KINK_RTOL = 1e-7
+"""Kink tolerance relative to 1 + ‖z‖∞ (plus 10‖N(z)‖: kinks closer than the solution's
+own accuracy cannot be told apart from exact ones)."""
+
+
+def kink_tolerance(residual: ResidualMap, z: np.ndarray) -> float:
+    """Cones within this distance of a kink count as at the kink (checks, selections)."""
+    return KINK_RTOL * (1.0 + float(np.abs(z).max(initial=0.0))) + 10.0 * float(
+        np.linalg.norm(residual(z))
+    )
+
+
+def relative_residual(residual: ResidualMap, z: np.ndarray) -> float:
+    """‖N(z)‖ / (1 + ‖b‖∞ + ‖c‖∞)."""
+    prog = residual.program
+    scale = 1.0 + float(np.abs(prog.b).max(initial=0.0)) + float(np.abs(prog.c).max(initial=0.0))
+    return float(np.linalg.norm(residual(z))) / scale
+
+
 @dataclass(frozen=True)
 class RefinementInfo:
-    """What Newton refinement did: steps taken and ‖N(z)‖ before and after."""
+    """What Newton refinement did: steps taken, ‖N(z)‖ before and after, and the last
+    Jacobian it factorized with the point where it did (reusable for the derivative
+    when that point is the refined one up to rounding)."""
 
     steps: int
     residual_before: float
     residual_after: float
+    jacobian: ResidualJacobian | None = None
+    jacobian_point: np.ndarray | None = None
 
 
 def newton_refine(
     residual: ResidualMap,
     z: np.ndarray,
     max_steps: int = 3,
-    tol: float = 1e-13,
+    tol: float = 1e-12,
     selection: Selection = "lower",
 ) -> tuple[np.ndarray, RefinementInfo]:
     """Semismooth Newton steps on N(z) = 0, z ← z − U⁻¹N(z) (least squares where U is
-    singular), kept only while they decrease ‖N‖. Takes an SCS solution at its default
-    tolerance to machine accuracy in a step or two when the point is regular."""
+    singular), kept only while they decrease ‖N‖, until ‖N‖ ≤ tol·(1 + ‖b‖ + ‖c‖).
+    Takes an SCS solution at its default tolerance to machine accuracy in a step or two
+    when the point is regular."""
     best = np.asarray(z, dtype=np.float64).copy()
     r0 = float(np.linalg.norm(residual(best)))
     scale = 1.0 + float(np.linalg.norm(residual.program.b)) + float(
         np.linalg.norm(residual.program.c)
     )
     best_norm, steps = r0, 0
+    jac = jac_point = None
     for _ in range(max_steps):
         if best_norm <= tol * scale:
             break
-        step, _ = residual.jacobian(best, selection=selection).solve(residual(best))
+        jac = residual.jacobian(
+            best, selection=selection, kink_tol=kink_tolerance(residual, best)
+        )
+        jac_point = best
+        step, _ = jac.solve(residual(best))
         # Backtracking: a full step can overshoot across pieces of the projection.
         for alpha in (1.0, 0.5, 0.25, 0.125):
             candidate = best - alpha * step
@@ -210,4 +240,4 @@ def newton_refine(
         else:
             break
         best, best_norm, steps = candidate, cand_norm, steps + 1
-    return best, RefinementInfo(steps, r0, best_norm)
+    return best, RefinementInfo(steps, r0, best_norm, jac, jac_point)
