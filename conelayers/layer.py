@@ -356,10 +356,16 @@ class LayerCore:
         if failures:
             statuses = set(failures.values())
             text = describe_failures(failures)
-            if statuses <= {"infeasible", "infeasible_inaccurate"}:
+            if statuses == {"infeasible"}:
                 raise InfeasibleError(f"the problem is infeasible ({text})", failures)
-            if statuses <= {"unbounded", "unbounded_inaccurate"}:
+            if statuses == {"unbounded"}:
                 raise UnboundedError(f"the problem is unbounded ({text})", failures)
+            if statuses & {"infeasible_inaccurate", "unbounded_inaccurate"}:
+                raise SolverError(
+                    f"SCS did not solve the problem and returned only an uncertain "
+                    f"certificate ({text}); the data may be badly scaled, or the problem "
+                    "infeasible/unbounded: try raising max_iters or rescaling", failures
+                )
             raise SolverError(f"SCS did not solve the problem ({text})", failures)
     # -- derivatives ----------------------------------------------------------------------
     def vjp(self, result: ForwardResult, output_grads: Sequence[np.ndarray | None]) -> list:
