@@ -82,8 +82,10 @@ class CheckReport:
 
     @property
     def verdict(self) -> str:
-        """'ok', or the most serious finding: 'singular', 'nonunique', 'inaccurate',
-        'nonsmooth'."""
+        """'ok', or the most serious finding: 'failed' (no solution), 'singular',
+        'nonunique', 'inaccurate', 'nonsmooth'."""
+        if self.status not in (SOLVED, "solved_inaccurate"):
+            return "failed"
         kinds = {w for w, _ in self.warnings}
         for cls, name in (
             (SingularJacobianWarning, "singular"),
@@ -242,6 +244,11 @@ def check_instance(
             ))
             break
     return CheckReport(index, solution.status, rel, tol, kink_text, tuple(checks), tuple(warns))
+
+
+def failed_report(index: int, solution: ConeSolution) -> CheckReport:
+    """The report of an instance without a solution (on_failure="nan")."""
+    return CheckReport(index, solution.status, float("nan"), float("nan"), ())
 
 
 def inaccuracy_message(

@@ -54,6 +54,14 @@ class InaccurateSolutionWarning(ConelayersWarning):
     """
 
 
+class FailedInstanceWarning(ConelayersWarning):
+    """With ``solver_args={"on_failure": "nan"}``: some instances of a batch have no
+    solution (infeasible, unbounded, solver failure). Their outputs are NaN and their
+    gradients zero; the message lists the batch indices and statuses. The other
+    instances are solved and differentiated as usual.
+    """
+
+
 class TrustWarning(ConelayersWarning):
     """Base class of the warnings about whether the conservative implicit function
     theorem justifies the gradient (Theorem 2 / Corollary 1 of the reference paper)."""

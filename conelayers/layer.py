@@ -25,11 +25,13 @@ from conelayers.checks import (
     CHECK_LEVELS,
     CheckReport,
     check_instance,
+    failed_report,
     inaccuracy_message,
 )
 from conelayers.cones import ProductCone, Selection
 from conelayers.derivative import Pattern, SolutionDerivative
 from conelayers.exceptions import (
+    FailedInstanceWarning,
     InaccurateSolutionWarning,
     InfeasibleError,
     ParameterError,
@@ -48,7 +50,9 @@ from conelayers.solvers.scs import (
 )
 
 # Keys of solver_args that configure conelayers itself rather than SCS.
-_OWN_KEYS = ("refine", "selection", "linear_solver_method", "n_jobs", "checks")
+_OWN_KEYS = (
+    "refine", "selection", "linear_solver_method", "n_jobs", "checks", "on_failure"
+)
 _PACKAGE_DIRS = tuple(
     str(Path(mod.__file__).resolve().parent) for mod in (conelayers, canonicalize)
 )
@@ -103,6 +107,7 @@ class ForwardResult:
     _derivatives: dict = field(default_factory=dict)
     reports: list[CheckReport] | None = None
     theta: np.ndarray | None = None  # (p, B), as passed to the cone programs
+    failed: frozenset = frozenset()  # instances without a solution (on_failure="nan")
     _jacobians: list = field(default_factory=list)  # reusable refinement Jacobians
 
     def derivative(self, k: int) -> SolutionDerivative:
@@ -125,7 +130,7 @@ class ForwardResult:
         """Run the trust checks on every instance (once) and emit their warnings."""
         if self.reports is None:
             self.reports = [
-                check_instance(
+                failed_report(k, self.solutions[k]) if k in self.failed else check_instance(
                     k, self.residuals[k], self.points[k], program, self.A_pattern,
                     self.P_pattern, self.solutions[k], self.selection, self.checks,
                     used_jacobian=self.derivative(k).U if self.checks != "off" else None,
@@ -308,15 +313,20 @@ class LayerCore:
         settings, own = self._settings(solver_args)
         programs = self.instances(theta)
         solutions = solve_batch(programs, settings, n_jobs=own.get("n_jobs"))
-        self._raise_on_failures(solutions)
+        on_failure = own.get("on_failure", "raise")
+        if on_failure not in ("raise", "nan"):
+            raise ValueError(f"on_failure must be 'raise' or 'nan', got {on_failure!r}")
+        failed = self._handle_failures(solutions, on_failure)
 
         refine = own.get("refine", True)
         selection: Selection = own.get("selection", "lower")
         xs, ys, residuals, points, jacobians = [], [], [], [], []
-        for prog, sol in zip(programs, solutions):
+        for k, (prog, sol) in enumerate(zip(programs, solutions)):
             residual = ResidualMap(prog, self.cone)
             jac = None
-            if refine:
+            if k in failed:  # NaN outputs; zero gradients (see _vjp)
+                z = np.full(prog.A.shape[0] + prog.A.shape[1], np.nan)
+            elif refine:
                 z, jac = refine_solution(residual, sol, settings, selection)
             else:
                 z = residual.z_from_solution(sol.x, sol.y, sol.s)
@@ -326,7 +336,9 @@ class LayerCore:
             ys.append(y)
             residuals.append(residual)
             points.append(z)
-            message = inaccuracy_message(len(points) - 1, sol, residual, z, refined=refine)
+            message = None
+            if k not in failed:
+                message = inaccuracy_message(k, sol, residual, z, refined=refine)
             if message is not None:
                 warnings.warn(message, InaccurateSolutionWarning, stacklevel=user_stacklevel())
         X = np.stack(xs, axis=1)
@@ -348,11 +360,21 @@ class LayerCore:
             method=own.get("linear_solver_method", "auto"),
             checks=own.get("checks", self.checks),
             theta=theta,
+            failed=failed,
             _jacobians=jacobians,
         )
 
-    def _raise_on_failures(self, solutions: list[ConeSolution]) -> None:
+    def _handle_failures(self, solutions: list[ConeSolution], on_failure: str) -> frozenset:
+        """Raise a named error listing every failed instance (after all were tried), or,
+        with on_failure="nan", warn and return their indices."""
         failures = {i: s.status for i, s in enumerate(solutions) if not s.has_solution}
+        if failures and on_failure == "nan":
+            warnings.warn(
+                f"no solution for {describe_failures(failures)}: their outputs are NaN and "
+                "their gradients zero (on_failure='nan')",
+                FailedInstanceWarning, stacklevel=user_stacklevel(),
+            )
+            return frozenset(failures)
         if failures:
             statuses = set(failures.values())
             text = describe_failures(failures)
@@ -367,6 +389,7 @@ class LayerCore:
                     "infeasible/unbounded: try raising max_iters or rescaling", failures
                 )
             raise SolverError(f"SCS did not solve the problem ({text})", failures)
+        return frozenset()
     # -- derivatives ----------------------------------------------------------------------
     def vjp(self, result: ForwardResult, output_grads: Sequence[np.ndarray | None]) -> list:
         """Gradients on each parameter (see ``_vjp``), after the trust checks."""
@@ -384,6 +407,8 @@ class LayerCore:
         B = len(result.solutions)
         theta_bar = np.zeros((prog.num_theta, B))
         for k in range(B):
+            if k in result.failed:
+                continue  # zero gradient, announced by the forward's warning
             xbar = np.zeros(prog.n)
             ybar = np.zeros(prog.m)
             for rec, g, out in zip(prog.recoveries, output_grads, result.outputs):
@@ -432,6 +457,8 @@ class LayerCore:
         dP = prog.P.values(dtt) if prog.P is not None else None
         dX, dY = np.zeros((prog.n, B)), np.zeros((prog.m, B))
         for k in range(B):
+            if k in result.failed:
+                continue
             dx, dy, _ = result.derivative(k).jvp(
                 dA[:, k], db[:, k], dc[:, k], dP[:, k] if dP is not None else None
             )

@@ -1,0 +1,60 @@
+"""A batch of 8 where instances 2 and 5 are infeasible: by default a named error lists
+both after every instance was tried; with on_failure="nan" the others are returned and
+differentiated correctly, the failed ones are NaN with zero gradients and a warning."""
+
+from __future__ import annotations
+
+import cvxpy as cp
+import numpy as np
+import pytest
+
+from conelayers.exceptions import FailedInstanceWarning, InfeasibleError
+from conelayers.layer import LayerCore
+
+
+def _problem():
+    """Project q onto {x : x ≥ lo, Σx ≤ 1}: infeasible when Σ lo > 1."""
+    q, lo = cp.Parameter(3, name="q"), cp.Parameter(3, name="lo")
+    x = cp.Variable(3, name="x")
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(x - q)), [x >= lo, cp.sum(x) <= 1])
+    return prob, q, lo, x
+
+
+def _values():
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((8, 3))
+    lo = np.full((8, 3), -1.0)
+    lo[2] = lo[5] = 0.5  # Σ lo = 1.5 > 1
+    return q, lo
+
+
+def test_default_raises_listing_failed_instances():
+    prob, q, lo, x = _problem()
+    core = LayerCore(prob, [q, lo], [x])
+    with pytest.raises(InfeasibleError, match="instance 2: infeasible, instance 5") as info:
+        core.forward(list(_values()))
+    assert set(info.value.failures) == {2, 5}
+
+
+def test_nan_mode_keeps_the_other_instances():
+    prob, q, lo, x = _problem()
+    core = LayerCore(prob, [q, lo], [x])
+    qv, lov = _values()
+    with pytest.warns(FailedInstanceWarning, match="instance 2: infeasible, instance 5"):
+        result = core.forward([qv, lov], {"on_failure": "nan", "eps": 1e-9})
+    out = result.outputs[0]
+    assert np.isnan(out[[2, 5]]).all() and np.isfinite(np.delete(out, [2, 5], 0)).all()
+    gq, glo = core.vjp(result, [np.ones((8, 3))])
+    assert np.all(gq[[2, 5]] == 0) and np.all(glo[[2, 5]] == 0)
+    assert [r.verdict for r in result.reports].count("failed") == 2
+    for k in (0, 1, 3, 4, 6, 7):  # each equals its own unbatched solve and gradient
+        single = core.forward([qv[k], lov[k]], {"eps": 1e-9})
+        np.testing.assert_allclose(out[k], single.outputs[0][0], atol=1e-9)
+        g1 = core.vjp(single, [np.ones((1, 3))])
+        np.testing.assert_allclose(gq[k], g1[0], atol=1e-9)
+        np.testing.assert_allclose(glo[k], g1[1], atol=1e-9)
+    prob2 = cp.Problem(prob.objective, prob.constraints)
+    for k in (0, 3):  # and CVXPY agrees
+        q.value, lo.value = qv[k], lov[k]
+        prob2.solve(solver=cp.CLARABEL)
+        np.testing.assert_allclose(out[k], x.value, atol=1e-6)
