@@ -53,17 +53,28 @@ from conelayers.solvers.scs import (
 _OWN_KEYS = (
     "refine", "selection", "linear_solver_method", "n_jobs", "checks", "on_failure"
 )
-_PACKAGE_DIRS = tuple(
-    str(Path(mod.__file__).resolve().parent) for mod in (conelayers, canonicalize)
+_OWN_DIRS = tuple(
+    str(Path(mod.__file__).resolve().parent) + os.sep for mod in (conelayers, canonicalize)
 )
+
+
+def _package_dirs() -> tuple[str, ...]:
+    """Folders of conelayers, canonicalize and of the autodiff frameworks already loaded
+    (read from sys.modules: nothing is imported or even looked up here)."""
+    dirs = list(_OWN_DIRS)
+    for name in ("torch", "jax", "jaxlib"):
+        mod = sys.modules.get(name)
+        if mod is not None and getattr(mod, "__file__", None):
+            dirs.append(str(Path(mod.__file__).resolve().parent) + os.sep)
+    return tuple(dirs)
 
 
 def user_stacklevel() -> int:
     """The ``stacklevel`` that makes a warning point at the first frame outside
     conelayers, canonicalize and the frameworks' autodiff machinery."""
+    skip = _package_dirs()
     frame, level = sys._getframe(1), 1
-    skip = _PACKAGE_DIRS + (f"{os.sep}torch{os.sep}", f"{os.sep}jax{os.sep}")
-    while frame is not None and any(part in frame.f_code.co_filename for part in skip):
+    while frame is not None and frame.f_code.co_filename.startswith(skip):
         frame, level = frame.f_back, level + 1
     return level
 
