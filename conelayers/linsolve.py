@@ -58,10 +58,12 @@ class NullSpaceLU:
         self.norm = estimate_norm(U)
         self.rtol = rtol
         scale = self.norm if self.norm > 0 else 1.0
-        try:
-            self._lu = spla.splu(U)
-        except RuntimeError:  # an exactly zero pivot: factor a tiny shift instead
-            self._lu = spla.splu(U + (1e-14 * scale) * sp.identity(self.size, format="csc"))
+        # Factor U + δI with δ = 1e-13‖U‖: an exactly singular U (common: harmless
+        # auxiliary non-uniqueness) would make SuperLU fail, after printing BLAS errors
+        # to stderr. Solves refine iteratively against U itself, so the shift costs no
+        # accuracy where U is regular (the error contracts by ≈ δ·cond(U) per step).
+        self.shift = 1e-13 * scale
+        self._lu = spla.splu(U + self.shift * sp.identity(self.size, format="csc"))
         # Tiny pivots of the LU estimate the nullity, so one block usually suffices.
         pivots = np.abs(self._lu.U.diagonal())
         self.tiny_pivots = int(
@@ -134,16 +136,34 @@ class NullSpaceLU:
                 continue
             return vecs[:, small], s
 
+    def _refined_solve(self, rhs: np.ndarray, transpose: bool, steps: int = 4) -> np.ndarray:
+        """Solve with the shifted LU, then iterative refinement against U."""
+        trans = "T" if transpose else "N"
+        op = self.U.T if transpose else self.U
+        w = self._lu.solve(rhs, trans=trans)
+        res = rhs - op @ w
+        norm = float(np.linalg.norm(res))
+        for _ in range(steps):
+            if norm <= 1e-15 * float(np.linalg.norm(rhs)):
+                break
+            w_new = w + self._lu.solve(res, trans=trans)
+            res_new = rhs - op @ w_new
+            norm_new = float(np.linalg.norm(res_new))
+            if not norm_new < norm:
+                break
+            w, res, norm = w_new, res_new, norm_new
+        return w
+
     def solve(self, rhs: np.ndarray, transpose: bool = False) -> tuple[np.ndarray, float]:
         """Minimum-norm w with U w = rhs (Uᵀ w = rhs) on the consistent part, and the
         norm of the inconsistent part of rhs (0 when rhs ∈ range). Without tiny pivots
         (the common, regular case) this is a plain LU solve, and the null-space search
         waits until a check asks for it."""
         if not self._analyzed and self.tiny_pivots == 0:
-            return self._lu.solve(rhs, trans="T" if transpose else "N"), 0.0
+            return self._refined_solve(rhs, transpose), 0.0
         self._analyze()
         if self._bordered is None:
-            return self._lu.solve(rhs, trans="T" if transpose else "N"), 0.0
+            return self._refined_solve(rhs, transpose), 0.0
         ext = np.concatenate([rhs, np.zeros(self.nullity)])
         sol = self._bordered.solve(ext, trans="T" if transpose else "N")
         return sol[: self.size], float(np.linalg.norm(sol[self.size :]))

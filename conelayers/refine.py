@@ -18,6 +18,7 @@ from conelayers.residual import (
     RefinementInfo,
     ResidualJacobian,
     ResidualMap,
+    kink_tolerance,
     newton_refine,
     relative_residual,
 )
@@ -45,7 +46,7 @@ def refine_solution(
     z0 = residual.z_from_solution(solution.x, solution.y, solution.s)
     z, info = newton_refine(residual, z0, selection=selection)
     if relative_residual(residual, z) <= ACCURACY_RTOL:
-        return z, _reusable(z, info)
+        return z, _reusable(residual, z, info, selection)
     polish = dict(settings)
     polish["eps_abs"] = min(polish.get("eps_abs", 1e-4), POLISH_EPS)
     polish["eps_rel"] = min(polish.get("eps_rel", 1e-4), POLISH_EPS)
@@ -59,12 +60,26 @@ def refine_solution(
         residual, residual.z_from_solution(second.x, second.y, second.s), selection=selection
     )
     if np.linalg.norm(residual(z2)) < np.linalg.norm(residual(z)):
-        return z2, _reusable(z2, info2)
+        return z2, _reusable(residual, z2, info2, selection)
     return z, None
 
 
-def _reusable(z: np.ndarray, info: RefinementInfo) -> ResidualJacobian | None:
-    if info.jacobian is None or info.jacobian._lu is None:
+def _reusable(
+    residual: ResidualMap, z: np.ndarray, info: RefinementInfo, selection: Selection
+) -> ResidualJacobian | None:
+    """The last Newton Jacobian, if its cone Jacobian is (numerically) the one at the
+    refined point with the derivative's kink tolerance: always when the point barely
+    moved, and on piecewise-linear pieces (LP/QP active sets) whenever the active set
+    did not change, however far Newton moved."""
+    jac = info.jacobian
+    if jac is None or jac._lu is None:
         return None
     gap = float(np.abs(z - info.jacobian_point).max(initial=0.0))
-    return info.jacobian if gap <= REUSE_RTOL * (1.0 + float(np.abs(z).max())) else None
+    if gap <= REUSE_RTOL * (1.0 + float(np.abs(z).max())):
+        return jac
+    J_final = residual.cone.jacobian_dual(
+        z[residual.n :], selection=selection, kink_tol=kink_tolerance(residual, z)
+    )
+    probe = np.random.default_rng(0).standard_normal((residual.m, 2))
+    diff = np.linalg.norm(J_final.matmat(probe) - jac.J.matmat(probe))
+    return jac if diff <= 1e-12 * np.linalg.norm(probe) else None

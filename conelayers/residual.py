@@ -226,11 +226,16 @@ def newton_refine(
     for _ in range(max_steps):
         if best_norm <= tol * scale:
             break
+        # Newton reads the pieces from the point as it is (a tolerance tied to ‖N‖ would
+        # misassign the many near-zero entries of a rough SCS point and make U singular);
+        # only rounding-level kinks get the named selection, as the derivative does.
         jac = residual.jacobian(
-            best, selection=selection, kink_tol=kink_tolerance(residual, best)
+            best, selection=selection, kink_tol=KINK_RTOL * (1.0 + float(np.abs(best).max()))
         )
         jac_point = best
-        step, _ = jac.solve(residual(best))
+        # A Newton step needs no exact solve (the line search guards it): no LSQR fallback.
+        step, _ = jac.solve(residual(best), method="direct" if jac.size <= DIRECT_MAX_SIZE
+                            else "lsqr")
         # Backtracking: a full step can overshoot across pieces of the projection.
         for alpha in (1.0, 0.5, 0.25, 0.125):
             candidate = best - alpha * step
