@@ -32,8 +32,9 @@ from canonicalize.program import ConstraintRows
 from canonicalize.readers.errors import ProblemFileError, UnsupportedFeatureError
 from canonicalize.readers.problem_file import ProblemFile, fixed_problem_file
 
-INFINITY = 1e20
-"""Bounds with |value| ≥ this are infinite (the osqp_benchmarks files store ±1e20)."""
+INFINITY = 1e19
+"""Bounds with |value| ≥ this are infinite: the files store ±1e20, which can read back as
+9.999999999999998e19 after the round trip through the .mat encoding (seen in PRIMALC1)."""
 
 
 def _load(path: Path) -> dict:

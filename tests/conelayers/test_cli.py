@@ -1,0 +1,175 @@
+"""``conelayers diagnose``: objectives on the shared SDPLIB and Maros–Meszaros files
+against their published / independently computed optima, the envelope theorem checked
+by finite differences of re-solves, the spot check, JSON keys, exit codes, the figure."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import cvxpy as cp
+import numpy as np
+import pytest
+import scipy.io
+
+from canonicalize.readers import read_problem
+from canonicalize.readers.sdpa import sdplib_optimal_values
+from conelayers.cli import diagnose, main
+from conelayers.layer import LayerCore
+from tests.canonicalize.readers.helpers import SHARED, shared_files
+
+SDPLIB_FAST = {"truss1", "truss4", "qap5", "hinf1"}
+MM_FAST = {"CVXQP1_S", "DUALC1", "GENHS28", "HS118", "HS21", "HS35", "LOTSCHD", "QAFIRO",
+           "QPTEST", "PRIMALC1"}
+SETTINGS = {"eps": 1e-6, "max_iters": 200_000}
+
+
+@pytest.mark.parametrize("path", shared_files("sdplib", "*.dat-s", SDPLIB_FAST))
+def test_sdplib_objective_matches_readme(path):
+    known = sdplib_optimal_values(SHARED / "sdplib" / "README.md")
+    name = path.name.split(".")[0]
+    report = diagnose(str(path), eps=1e-6, checks="fast", max_iters=200_000)
+    assert report["objective"] == pytest.approx(known[name], rel=1e-3)
+
+
+def _clarabel_mm(path):
+    """The Maros–Meszaros QP built directly from the .mat fields, solved by Clarabel
+    (HiGHS where Clarabel wrongly reports PRIMALC1 unbounded)."""
+    d = scipy.io.loadmat(path)
+    P = scipy.sparse.csc_matrix(d["P"], dtype=float)
+    q = np.asarray(d["q"], dtype=float).ravel()
+    r = float(np.asarray(d["r"], dtype=float).ravel()[0])
+    A = scipy.sparse.csc_matrix(d["A"], dtype=float)
+    lo = np.asarray(d["l"], dtype=float).ravel()
+    up = np.asarray(d["u"], dtype=float).ravel()
+    x = cp.Variable(q.size)
+    cons = []
+    if A.shape[0]:
+        fin_l, fin_u = lo > -1e20, up < 1e20
+        if fin_l.any():
+            cons.append(A[fin_l] @ x >= lo[fin_l])
+        if fin_u.any():
+            cons.append(A[fin_u] @ x <= up[fin_u])
+    prob = cp.Problem(cp.Minimize(0.5 * cp.quad_form(x, cp.psd_wrap(P)) + q @ x + r), cons)
+    try:
+        prob.solve(solver=cp.CLARABEL, tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10)
+    except cp.error.SolverError:
+        pass
+    if prob.status != cp.OPTIMAL:
+        prob.solve(solver=cp.HIGHS)
+    return prob.value
+
+
+@pytest.mark.parametrize("path", shared_files("maros_meszaros", "*.mat", MM_FAST))
+def test_maros_meszaros_objective_matches_second_solver(path):
+    report = diagnose(str(path), eps=1e-7, checks="fast", max_iters=200_000)
+    assert report["objective"] == pytest.approx(_clarabel_mm(path), rel=1e-4, abs=1e-8)
+
+
+# The files whose verdict is 'ok' (unique primal and dual solutions): the others
+# (CVXQP1_S, QAFIRO and the SDPLIB files) are reported non-unique by the checks, and
+# their spot checks disagree accordingly.
+SMOOTH_FILES = ["maros_meszaros/GENHS28.mat", "maros_meszaros/HS118.mat",
+                "maros_meszaros/HS21.mat", "maros_meszaros/HS35.mat",
+                "maros_meszaros/LOTSCHD.mat", "maros_meszaros/QPTEST.mat"]
+
+
+def _cone_objective(pf, values, x):
+    """½xᵀPx + cᵀx + offset for the given (perturbed) data, in the file's sense."""
+    theta = np.concatenate([np.ravel(v, order="F") for v in values])
+    data = pf.program.data(theta)
+    value = float(data["c"] @ x) + float(data["offset"][0])
+    if pf.program.P is not None:
+        value += 0.5 * float(x @ (pf.program.P.matrix(data["P_values"]) @ x))
+    return pf.objective_sign * value
+
+
+@pytest.mark.parametrize("rel", SMOOTH_FILES)
+def test_value_sensitivity_to_b_and_c_is_dual_and_primal(rel):
+    """d p*/db = −y and d p*/dc = x (envelope theorem), checked along random directions
+    of b and c by central differences of re-solves (forward only, eps 1e-9, refined)."""
+    path = SHARED / rel
+    if not path.exists():
+        pytest.skip(f"{path} missing")
+    pf = read_problem(path)
+    core = LayerCore.from_program(pf.program, checks="off")
+    values = pf.values()
+    names = [s.name for s in pf.program.parameters]
+    args = {"eps": 1e-9, "max_iters": 200_000}
+    result = core.forward(values, args)
+    x, y = result.outputs[0][0], result.outputs[1][0]
+
+    def value(vals):
+        return _cone_objective(pf, vals, core.forward(vals, args).outputs[0][0])
+
+    rng = np.random.default_rng(0)
+    for name, analytic_vec in (("b", -y), ("c", x)):
+        i = names.index(name)
+        d = rng.standard_normal(values[i].shape)
+        d /= np.linalg.norm(d)
+        h = 1e-5 * (1 + np.abs(values[i]).max())
+        plus = [v + h * d if j == i else v for j, v in enumerate(values)]
+        minus = [v - h * d if j == i else v for j, v in enumerate(values)]
+        fd = (value(plus) - value(minus)) / (2 * h)
+        analytic = pf.objective_sign * float(analytic_vec @ d)
+        assert analytic == pytest.approx(fd, rel=1e-4, abs=1e-6 * (1 + abs(fd)))
+
+
+@pytest.mark.parametrize("rel", SMOOTH_FILES)
+def test_spot_check_agrees_on_smooth_files(rel):
+    path = SHARED / rel
+    if not path.exists():
+        pytest.skip(f"{path} missing")
+    report = diagnose(str(path), eps=1e-6)
+    assert report["verdict"] == "ok"
+    assert report["fd_check"]["relative_error"] < 1e-4
+
+
+def test_json_report_and_plot(tmp_path):
+    path = SHARED / "maros_meszaros" / "HS21.mat"
+    if not path.exists():
+        pytest.skip(f"{path} missing")
+    out = tmp_path / "hs21.png"
+    proc = subprocess.run(
+        [sys.executable, "-m", "conelayers", "diagnose", str(path), "--json", "--plot",
+         str(out), "--quiet"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    for key in ("file", "status", "objective", "residuals", "warnings", "sensitivity",
+                "fd_check", "timings", "verdict"):
+        assert key in report
+    assert report["status"] == "solved" and report["warnings"] == []
+    assert out.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("kind", ["infeasible", "unbounded"])
+def test_infeasible_and_unbounded_exit_2_with_one_line(tmp_path, kind):
+    src = {
+        "infeasible": "x = cp.Variable(2)\nproblem = cp.Problem(cp.Minimize(cp.sum(x)), "
+                      "[x >= 1, cp.sum(x) <= 1])\n",
+        "unbounded": "x = cp.Variable(2)\nproblem = cp.Problem(cp.Minimize(cp.sum(x)), "
+                     "[x <= 1])\n",
+    }[kind]
+    f = tmp_path / f"{kind}.py"
+    f.write_text("import cvxpy as cp\n" + src)
+    proc = subprocess.run([sys.executable, "-m", "conelayers", "diagnose", str(f), "--quiet"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and kind in lines[0]
+
+
+def test_unreadable_file_exits_2(tmp_path, capsys):
+    bad = tmp_path / "bad.dat-s"
+    bad.write_text("1\n1\n2\n1.0\n0 1 1 1 1.0 extra\n")
+    assert main(["diagnose", str(bad), "--quiet"]) == 2
+    assert "bad.dat-s" in capsys.readouterr().err
+
+
+def test_warning_verdict_exits_1(tmp_path):
+    """A degenerate LP (objective parallel to a facet) in a Python file: exit 1."""
+    f = tmp_path / "degenerate.py"
+    f.write_text("import cvxpy as cp\nx = cp.Variable(2)\n"
+                 "problem = cp.Problem(cp.Minimize(cp.sum(x)), [cp.sum(x) >= 1, x >= 0])\n")
+    assert main(["diagnose", str(f), "--quiet"]) == 1
