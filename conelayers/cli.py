@@ -54,7 +54,6 @@ def diagnose(
     """Everything ``conelayers diagnose`` reports, as a dict (see the README for keys).
     Raises ConelayersError / CanonicalizationError for unreadable or unsolvable files."""
     from canonicalize.readers import read_problem
-
     from conelayers.sensitivity import analyze_program
 
     timings = {}

@@ -79,6 +79,20 @@ def user_stacklevel() -> int:
     return level
 
 
+def check_float_dtypes(names: Sequence[str], dtypes: Sequence) -> None:
+    """Raise a ParameterError naming two parameters whose floating dtypes differ (mixed
+    float32/float64 would silently change precision)."""
+    first: dict = {}
+    for name, dtype in zip(names, dtypes):
+        first.setdefault(str(dtype).removeprefix("torch."), name)
+    if len(first) > 1:
+        (d1, n1), (d2, n2) = list(first.items())[:2]
+        raise ParameterError(
+            f"parameter '{n2}' is {d2} but '{n1}' is {d1}: pass all parameters in one "
+            "floating dtype"
+        )
+
+
 def vec_batch(arr: np.ndarray) -> np.ndarray:
     """(B, *shape) → (size, B): each instance flattened in column-major (CVXPY) order."""
     axes = (0,) + tuple(range(arr.ndim - 1, 0, -1))
@@ -119,6 +133,7 @@ class ForwardResult:
     reports: list[CheckReport] | None = None
     theta: np.ndarray | None = None  # (p, B), as passed to the cone programs
     failed: frozenset = frozenset()  # instances without a solution (on_failure="nan")
+    _outputs: list = field(default_factory=list)  # private copies read by vjp/jvp
     _jacobians: list = field(default_factory=list)  # reusable refinement Jacobians
 
     def derivative(self, k: int) -> SolutionDerivative:
@@ -272,10 +287,15 @@ class LayerCore:
                     f"parameter '{slot.name}' is declared nonpos but has positive entries "
                     f"(max {arr.max():.3g})"
                 )
+            if is_batched and arr.shape[0] == 0:
+                raise ParameterError(
+                    f"empty batch: parameter '{slot.name}' has a batch dimension of size 0 "
+                    f"(shape {arr.shape})"
+                )
             arrays.append(arr)
             batched.append(is_batched)
-        if batch == 0:
-            raise ParameterError("empty batch: the batch dimension has size 0")
+        check_float_dtypes([s.name for s in self.program.parameters],
+                           [np.asarray(v).dtype for v in values])
         B = batch if batch is not None else 1
         theta = np.zeros((self.program.num_theta, B))
         for slot, arr, is_batched in zip(self.program.parameters, arrays, batched):
@@ -327,6 +347,7 @@ class LayerCore:
         on_failure = own.get("on_failure", "raise")
         if on_failure not in ("raise", "nan"):
             raise ValueError(f"on_failure must be 'raise' or 'nan', got {on_failure!r}")
+        self._max_iters = int(settings.get("max_iters", 100_000))
         failed = self._handle_failures(solutions, on_failure)
 
         refine = own.get("refine", True)
@@ -361,6 +382,7 @@ class LayerCore:
         return ForwardResult(
             batch=batch,
             outputs=outputs,
+            _outputs=[o.copy() for o in outputs],
             solutions=solutions,
             batched_inputs=batched,
             residuals=residuals,
@@ -379,6 +401,12 @@ class LayerCore:
         """Raise a named error listing every failed instance (after all were tried), or,
         with on_failure="nan", warn and return their indices."""
         failures = {i: s.status for i, s in enumerate(solutions) if not s.has_solution}
+        details = "; ".join(
+            f"instance {i}: {solutions[i].iterations} iterations, primal residual "
+            f"{solutions[i].primal_residual:.2e}, dual residual "
+            f"{solutions[i].dual_residual:.2e}"
+            for i in sorted(failures)
+        )
         if failures and on_failure == "nan":
             warnings.warn(
                 f"no solution for {describe_failures(failures)}: their outputs are NaN and "
@@ -399,7 +427,12 @@ class LayerCore:
                     f"certificate ({text}); the data may be badly scaled, or the problem "
                     "infeasible/unbounded: try raising max_iters or rescaling", failures
                 )
-            raise SolverError(f"SCS did not solve the problem ({text})", failures)
+            hint = ""
+            if any(solutions[i].iterations >= self._max_iters for i in failures):
+                hint = "; max_iters was reached: raise max_iters in solver_args"
+            raise SolverError(
+                f"SCS did not solve the problem ({text}) [{details}]{hint}", failures
+            )
         return frozenset()
     # -- derivatives ----------------------------------------------------------------------
     def vjp(self, result: ForwardResult, output_grads: Sequence[np.ndarray | None]) -> list:
@@ -422,7 +455,7 @@ class LayerCore:
                 continue  # zero gradient, announced by the forward's warning
             xbar = np.zeros(prog.n)
             ybar = np.zeros(prog.m)
-            for rec, g, out in zip(prog.recoveries, output_grads, result.outputs):
+            for rec, g, out in zip(prog.recoveries, output_grads, result._outputs):
                 if g is None:
                     continue
                 g_k = np.asarray(g[k], dtype=np.float64)
@@ -475,7 +508,7 @@ class LayerCore:
             )
             dX[:, k], dY[:, k] = dx, dy
         outs = []
-        for rec, out in zip(prog.recoveries, result.outputs):
+        for rec, out in zip(prog.recoveries, result._outputs):
             tangent = unvec_batch(rec.apply(dX if rec.source == "x" else dY), rec.shape)
             outs.append(tangent * out if rec.exp else tangent)
         return outs

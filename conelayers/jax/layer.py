@@ -71,7 +71,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from conelayers.exceptions import ConelayersError, ConelayersWarning, ParameterError
-from conelayers.layer import ForwardResult, LayerCore, user_stacklevel
+from conelayers.layer import ForwardResult, LayerCore, check_float_dtypes, user_stacklevel
 
 _VMAP_METHOD = "expand_dims"
 _PLAN_CACHE_SIZE = 64
@@ -408,10 +408,24 @@ class CvxpyLayer:
         solver_args: dict | None = None,
     ) -> None:
         self.core = LayerCore(problem, parameters, variables, gp=gp, solver_args=solver_args)
+        self._reset_runtime_state()
+        self._warned_float32 = False
+
+    def _reset_runtime_state(self) -> None:
+        """Host-side caches (stored forward results, jitted plans): not pickled."""
         self._registry = _Registry(self.max_stored_results)
         self._plans: OrderedDict = OrderedDict()
         self._last_error: BaseException | None = None
-        self._warned_float32 = False
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        for key in ("_registry", "_plans", "_last_error"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._reset_runtime_state()
 
     @property
     def parameters(self) -> list[cp.Parameter]:
@@ -443,10 +457,14 @@ class CvxpyLayer:
         for slot, p in zip(slots, params):
             if p is None:
                 raise ParameterError(f"parameter '{slot.name}': got None, expected an array")
+            if isinstance(p, (str, bytes)):
+                raise ParameterError(
+                    f"parameter '{slot.name}': expected an array, got {type(p).__name__}"
+                )
             if not isinstance(p, jax.Array):
                 try:
                     p = jnp.asarray(p)
-                except (TypeError, ValueError) as err:
+                except Exception as err:  # noqa: BLE001 - any conversion failure
                     raise ParameterError(
                         f"parameter '{slot.name}': expected an array, got {type(p).__name__}"
                     ) from err
@@ -456,12 +474,10 @@ class CvxpyLayer:
                     f"{p.dtype}"
                 )
             arrays.append(p)
-        strong = {a.dtype for a in arrays if not jax.typeof(a).weak_type}
-        if len(strong) > 1:
-            raise ParameterError(
-                "parameters mix floating dtypes "
-                f"({', '.join(sorted(str(d) for d in strong))}); pass all in one dtype"
-            )
+        strong_arrays = [(slot.name, a.dtype) for slot, a in zip(slots, arrays)
+                         if not jax.typeof(a).weak_type]
+        check_float_dtypes([n for n, _ in strong_arrays], [d for _, d in strong_arrays])
+        strong = {d for _, d in strong_arrays}
         dtype = strong.pop() if strong else jnp.result_type(*arrays) if arrays else jnp.float64
         return [a if a.dtype == dtype else a.astype(dtype) for a in arrays]
 

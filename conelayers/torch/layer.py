@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from conelayers.exceptions import ParameterError
-from conelayers.layer import ForwardResult, LayerCore
+from conelayers.layer import ForwardResult, LayerCore, check_float_dtypes
 
 
 class _Holder:
@@ -144,18 +144,23 @@ class CvxpyLayer(torch.nn.Module):
                 raise ParameterError(
                     f"parameter '{slot.name}': expected a torch.Tensor, got {type(p).__name__}"
                 )
+            if p.layout != torch.strided:
+                raise ParameterError(
+                    f"parameter '{slot.name}': {p.layout} tensors are not supported; pass "
+                    "a dense tensor (e.g. .to_dense())"
+                )
+            if p.device.type == "meta":
+                raise ParameterError(
+                    f"parameter '{slot.name}' is on the meta device, which holds no values"
+                )
             if not p.dtype.is_floating_point:
                 raise ParameterError(
                     f"parameter '{slot.name}': expected a floating-point tensor, got dtype "
                     f"{p.dtype}"
                 )
             tensors.append(p)
-        float_dtypes = {p.dtype for p in tensors if p.dtype.is_floating_point}
-        if len(float_dtypes) > 1:
-            raise ParameterError(
-                "parameters mix floating dtypes "
-                f"({', '.join(sorted(str(d) for d in float_dtypes))}); pass all in one dtype"
-            )
-        dtype = float_dtypes.pop() if float_dtypes else torch.get_default_dtype()
+        names = [slot.name for slot in self.core.program.parameters]
+        check_float_dtypes(names, [p.dtype for p in tensors])
+        dtype = tensors[0].dtype if tensors else torch.get_default_dtype()
         device = tensors[0].device if tensors else torch.device("cpu")
         return _LayerFunction.apply(self.core, solver_args, _Holder(), dtype, device, *tensors)

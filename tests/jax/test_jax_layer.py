@@ -558,7 +558,7 @@ def test_error_shapes_and_batches_name_the_parameter():
         layer(A, jnp.zeros(m, dtype=jnp.int32), lam)
     with pytest.raises(ParameterError, match="'b': expected an array"):
         layer(A, "b", lam)
-    with pytest.raises(ParameterError, match="mix floating dtypes"):
+    with pytest.raises(ParameterError, match="parameter .b. is float32 but .A. is float64"):
         layer(A, jnp.zeros(m, dtype=jnp.float32), lam)
     with pytest.raises(ParameterError, match="empty batch"):
         layer(jnp.zeros((0, m, n)), jnp.zeros(m), lam)

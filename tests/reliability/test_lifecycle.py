@@ -150,12 +150,6 @@ def _restore_blas_threads(state: list[tuple[str, int]]) -> None:
         owner.clear_controlling_thread()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "single_threaded_blas() (threadpoolctl's ThreadpoolController.limit) is process-wide "
-    "and not reentrant across threads: each call saves the limits current at its entry "
-    "and restores them at its exit, so overlapping calls from two threads (A enters and "
-    "sets 1, B enters and saves 1, A exits and restores the original, B exits and "
-    "restores its saved 1) leave the process's BLAS libraries at 1 thread for good"))
 def test_concurrent_calls_restore_the_process_blas_threads(monkeypatch):
     """Two threads' forward passes overlap as A-enter, B-enter, A-exit, B-exit (forced with
     events inside the solve); afterwards the process's BLAS thread counts must be what
@@ -258,15 +252,6 @@ def test_torch_layer_round_trips_with_identical_outputs_and_gradients(name, how)
         np.testing.assert_array_equal(a, b)
 
 
-_JAX_PICKLE = (
-    "conelayers.jax.CvxpyLayer cannot be pickled or deep-copied: its _Registry holds a "
-    "threading.Lock (TypeError: cannot pickle '_thread.lock' object), and _plans holds "
-    "jitted closures; it needs __getstate__/__setstate__ that drop _registry, _plans and "
-    "_last_error and rebuild them"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=_JAX_PICKLE)
 @pytest.mark.parametrize("how", ["pickle", "deepcopy"])
 def test_jax_layer_round_trips_with_identical_outputs_and_gradients(how):
     jax = pytest.importorskip("jax")
@@ -344,11 +329,6 @@ def test_torch_dataloader_with_spawned_workers():
 # -- aliasing -----------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "torch adapter: torch.as_tensor(out) returns float64 outputs that share memory with "
-    "ForwardResult.outputs, which LayerCore._vjp/_jvp read for exp recoveries (gp=True: "
-    "g·exp(w) uses the stored output); an in-place change of the returned tensor "
-    "silently changes the gradient (no version-counter error as with saved tensors)"))
 def test_in_place_change_of_an_output_does_not_change_the_gradient():
     torch = pytest.importorskip("torch")
     import cvxpy as cp

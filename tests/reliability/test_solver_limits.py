@@ -18,21 +18,12 @@ from conelayers.exceptions import InaccurateSolutionWarning
 from tests.conftest import ZOO_NAMES
 from tests.reliability import limits
 
-_SOLVER_ERROR_MESSAGE = (
-    "SolverError for SCS status 'failed' (batched_socp, instance 1, max_iters=2) says "
-    "only 'SCS did not solve the problem (instance 1: failed)': no iterations, no "
-    "residuals, no hint that max_iters was reached"
-)
-
 
 def _params():
     for name in ZOO_NAMES:
         for refine in (True, False):
             for it in range(1, 6):
-                marks = []
-                if name == "batched_socp" and it == 2:
-                    marks = [pytest.mark.xfail(strict=True, reason=_SOLVER_ERROR_MESSAGE)]
-                yield pytest.param(name, refine, it, marks=marks,
+                yield pytest.param(name, refine, it,
                                    id=f"{name}-{'refine' if refine else 'raw'}-{it}")
 
 

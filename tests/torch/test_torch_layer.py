@@ -194,7 +194,7 @@ def test_error_shapes_and_batches_name_the_parameter():
         layer(A, torch.zeros(m, dtype=torch.float64), -lam)
     with pytest.raises(ParameterError, match="'b': expected a floating-point"):
         layer(A, torch.zeros(m, dtype=torch.int64), lam)
-    with pytest.raises(ParameterError, match="mix floating dtypes"):
+    with pytest.raises(ParameterError, match="parameter .b. is float32 but .A. is float64"):
         layer(A, torch.zeros(m, dtype=torch.float32), lam)
     with pytest.raises(ParameterError, match="empty batch"):
         layer(torch.zeros(0, m, n, dtype=torch.float64), torch.zeros(m, dtype=torch.float64),
