@@ -161,8 +161,12 @@ class _Instance:
             visible[cols if rec.source == "x" else self.n + cols] = True
         return np.isin(labels, np.unique(labels[visible]))
 
-    def check_selection(self, jac: ResidualJacobian, name: str) -> SelectionCheck:
+    def check_selection(self, jac: ResidualJacobian, name: str, level: str) -> SelectionCheck:
         lu = jac.factorization()
+        if level == "fast" and lu.tiny_pivots == 0 and not lu.analyzed:
+            # No tiny pivot: U is numerically regular; the fast level skips the
+            # inverse iteration and reports the LU's pivot ratio as σ_min/σ_max proxy.
+            return SelectionCheck(name, jac.size, lu.pivot_ratio, 0, 0.0, 0.0, False)
         out_w = param_w = 0.0
         nonunique = False
         coupled = self.coupled_mask(lu.U) if lu.nullity else None
@@ -218,12 +222,12 @@ def check_instance(
     checks: list[SelectionCheck] = []
     if N <= DIRECT_MAX_SIZE or level == "full":
         jac = used_jacobian or residual.jacobian(z, selection=selection, kink_tol=tol)
-        checks.append(inst.check_selection(jac, selection))
+        checks.append(inst.check_selection(jac, selection, level))
         if kinks:
             for other in SELECTIONS:
                 if other != selection:
                     jac_o = residual.jacobian(z, selection=other, kink_tol=tol)
-                    checks.append(inst.check_selection(jac_o, other))
+                    checks.append(inst.check_selection(jac_o, other, level))
     for chk in checks:
         if chk.nonunique:
             warns.append((

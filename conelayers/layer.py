@@ -12,7 +12,6 @@ import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import cvxpy as cp
 import numpy as np
@@ -53,9 +52,7 @@ from conelayers.solvers.scs import (
 _OWN_KEYS = (
     "refine", "selection", "linear_solver_method", "n_jobs", "checks", "on_failure"
 )
-_OWN_DIRS = tuple(
-    str(Path(mod.__file__).resolve().parent) + os.sep for mod in (conelayers, canonicalize)
-)
+_OWN_DIRS = tuple(os.path.dirname(mod.__file__) + os.sep for mod in (conelayers, canonicalize))
 
 
 def _package_dirs() -> tuple[str, ...]:
@@ -65,7 +62,7 @@ def _package_dirs() -> tuple[str, ...]:
     for name in ("torch", "jax", "jaxlib"):
         mod = sys.modules.get(name)
         if mod is not None and getattr(mod, "__file__", None):
-            dirs.append(str(Path(mod.__file__).resolve().parent) + os.sep)
+            dirs.append(os.path.dirname(mod.__file__) + os.sep)
     return tuple(dirs)
 
 

@@ -110,6 +110,16 @@ class NullSpaceLU:
         return self._nullity
 
     @property
+    def pivot_ratio(self) -> float:
+        """min |u_ii| / max |u_ii| of the LU: a free (rough) indicator of conditioning."""
+        pivots = np.abs(self._lu.U.diagonal())
+        return float(pivots.min(initial=0.0) / max(pivots.max(initial=0.0), 1e-300))
+
+    @property
+    def analyzed(self) -> bool:
+        return self._analyzed
+
+    @property
     def sigma_min(self) -> float:
         """Estimate of the smallest singular value of U."""
         self._analyze()

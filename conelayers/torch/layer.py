@@ -13,7 +13,7 @@ import cvxpy as cp
 import numpy as np
 import torch
 
-from conelayers.exceptions import ParameterError
+from conelayers.exceptions import ConelayersError, ParameterError
 from conelayers.layer import ForwardResult, LayerCore, check_float_dtypes
 
 
@@ -25,6 +25,8 @@ class _Holder:
     core: LayerCore | None = None
     dtype: torch.dtype | None = None
     device: torch.device | None = None
+    param_meta: list | None = None
+    param_shapes: list | None = None
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:
@@ -57,6 +59,51 @@ def _layer_jvp_fake(handle: int, tangents: list[torch.Tensor]) -> list[torch.Ten
             for o in holder.result.outputs]
 
 
+@torch.library.custom_op("conelayers::layer_vjp", mutates_args=())
+def _layer_vjp(
+    handle: int, grads: list[torch.Tensor], params: list[torch.Tensor]
+) -> list[torch.Tensor]:
+    """Parameter gradients from output gradients (the core's vjp), as an opaque operator
+    so that torch.func's reverse transforms (grad, vjp, jacrev) can call it. ``params``
+    are not read: passing them records that the gradient depends on them, so that a
+    second derivative reaches ``_second_order`` and raises instead of silently
+    treating the gradient as constant."""
+    holder = _JVP_CONTEXTS[handle]
+    result: ForwardResult = holder.result
+    arrays = []
+    for g in grads:
+        arr = _to_numpy(g)
+        arrays.append(arr[None] if result.batch is None else arr)
+    param_grads = holder.core.vjp(result, arrays)
+    return [torch.as_tensor(g, dtype=dt, device=dev)
+            for g, (dt, dev) in zip(param_grads, holder.param_meta)]
+
+
+@_layer_vjp.register_fake
+def _layer_vjp_fake(
+    handle: int, grads: list[torch.Tensor], params: list[torch.Tensor]
+) -> list[torch.Tensor]:
+    holder = _JVP_CONTEXTS[handle]
+    return [torch.empty(shape, dtype=dt, device=dev)
+            for shape, (dt, dev) in zip(holder.param_shapes, holder.param_meta)]
+
+
+def _second_order(ctx, *grads):
+    raise ConelayersError(
+        "CvxpyLayer gives first-order derivatives only: the implicit derivative is "
+        "computed on the host and is not itself differentiable (no Hessians, "
+        "double backward or forward-over-reverse)"
+    )
+
+
+def _setup_second_order(ctx, inputs, output) -> None:
+    return None
+
+
+_layer_vjp.register_autograd(_second_order, setup_context=_setup_second_order)
+_layer_jvp.register_autograd(_second_order, setup_context=_setup_second_order)
+
+
 class _LayerFunction(torch.autograd.Function):
     @staticmethod
     def forward(core: LayerCore, solver_args, holder: _Holder, dtype, device, *params):
@@ -78,26 +125,27 @@ class _LayerFunction(torch.autograd.Function):
         ctx.dtype, ctx.device = dtype, device
         ctx.param_meta = [(p.dtype, p.device) for p in params]
         ctx.param_shapes = [p.shape for p in params]
+        holder.param_meta, holder.param_shapes = ctx.param_meta, ctx.param_shapes
+        ctx.save_for_backward(*params)
         ctx.set_materialize_grads(False)
 
     @staticmethod
     def backward(ctx, *grad_outputs):
-        result: ForwardResult = ctx.result
-        grads = []
-        for g in grad_outputs:
-            if g is None:
-                grads.append(None)
-                continue
-            arr = _to_numpy(g)
-            grads.append(arr[None] if result.batch is None else arr)
-        if all(g is None for g in grads):
+        if all(g is None for g in grad_outputs):
             return (None,) * (5 + len(ctx.param_meta))
-        param_grads = ctx.core.vjp(result, grads)
-        out = [
-            torch.as_tensor(g, dtype=dt, device=dev)
-            for g, (dt, dev) in zip(param_grads, ctx.param_meta)
+        handle = id(ctx.holder)
+        _JVP_CONTEXTS[handle] = ctx.holder
+        grads = [
+            torch.zeros(o.shape[1:] if ctx.result.batch is None else o.shape,
+                        dtype=ctx.dtype) if g is None else g
+            for g, o in zip(grad_outputs, ctx.result.outputs)
         ]
-        return (None, None, None, None, None, *out)
+        # Eager autograd: pass the parameters so a second derivative raises (see
+        # _layer_vjp). Under torch.func the operator's autograd rule cannot run on
+        # wrapped tensors, so the parameters are left out there.
+        wrapped = any(torch._C._functorch.is_functorch_wrapped_tensor(g) for g in grads)
+        params = [] if wrapped else list(ctx.saved_tensors)
+        return (None, None, None, None, None, *_layer_vjp(handle, grads, params))
 
     @staticmethod
     def jvp(ctx, _core, _args, _holder, _dtype, _device, *tangents):
