@@ -142,13 +142,15 @@ def _fd_check(sens, program, theta, args, seed: int) -> dict | None:
     analytic = float((w * sens.jvp(dict(zip(sens.parameter_names, split)))[x_name]).sum())
     h = 1e-6 * (1.0 + float(np.linalg.norm(theta)))
     core = LayerCore.from_program(program, checks="off")
+    budget = {**args, "eps": min(args["eps"], 1e-6),
+              "max_iters": max(2000, 3 * sens.result.solutions[0].iterations)}
 
     def value(t):
         vals = [t[s.offset: s.offset + s.size].reshape(s.shape, order="F")
                 for s in program.parameters]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConelayersWarning)
-            out = core.forward(vals, {**args, "eps": min(args["eps"], 1e-6)})
+            out = core.forward(vals, budget)
         return float((w * out.outputs[0][0]).sum())
 
     try:

@@ -26,6 +26,9 @@ from conelayers.solvers.scs import SOLVED, ConeSolution, solve
 
 POLISH_EPS = 1e-9
 """Tolerance of the warm-started SCS solve used when Newton alone cannot refine."""
+POLISH_MAX_ITERS = 20_000
+"""Its iteration budget at most (SCS stalls at tight tolerances on some problems: a
+degenerate SDP spent 190 s in an uncapped polish)."""
 
 
 REUSE_RTOL = 1e-7
@@ -47,10 +50,12 @@ def refine_solution(
     z, info = newton_refine(residual, z0, selection=selection)
     if relative_residual(residual, z) <= ACCURACY_RTOL:
         return z, _reusable(residual, z, info, selection)
+    if solution.status != SOLVED:
+        return z, None  # SCS itself did not converge: a tighter warm start will not either
     polish = dict(settings)
     polish["eps_abs"] = min(polish.get("eps_abs", 1e-4), POLISH_EPS)
     polish["eps_rel"] = min(polish.get("eps_rel", 1e-4), POLISH_EPS)
-    polish["max_iters"] = max(2000, 5 * solution.iterations)
+    polish["max_iters"] = min(POLISH_MAX_ITERS, max(2000, 5 * solution.iterations))
     second = solve(
         residual.program, polish, warm_start=(solution.x, solution.y, solution.s)
     )
