@@ -8,6 +8,8 @@ variables.
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Sequence
 
 import cvxpy as cp
@@ -287,7 +289,42 @@ def _dual_recovery(var, con, k: int, rows: ConstraintRows, m: int) -> Recovery:
     return Recovery(name=var.name(), shape=tuple(var.shape), source="y", matrix=matrix)
 
 
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_CACHE_LOCK = threading.Lock()
+
+
+def _fingerprint(problem: cp.Problem) -> tuple:
+    """What a compiled program depends on besides parameter values: the objective and
+    constraint objects (CVXPY expressions are immutable; the constraint list is not)."""
+    return (id(problem.objective), tuple(id(c) for c in problem.constraints))
+
+
 def compile_problem(
+    problem: cp.Problem,
+    parameters: Sequence[cp.Parameter],
+    variables: Sequence[cp.Variable],
+    gp: bool = False,
+) -> ParametricConeProgram:
+    """Compile ``problem`` (see ``_compile``), reusing an earlier compilation of the same
+    problem object with the same parameters, variables and ``gp`` when the problem's
+    objective and constraint list are unchanged (programs are immutable, so sharing them
+    between layers is safe)."""
+    try:
+        key = (tuple(p.id for p in parameters), tuple(v.id for v in variables), gp)
+    except (TypeError, AttributeError):  # let _compile produce the error message
+        return _compile(problem, parameters, variables, gp)
+    if isinstance(problem, cp.Problem):
+        with _CACHE_LOCK:
+            cached = _CACHE.get(problem, {}).get(key)
+        if cached is not None and cached[0] == _fingerprint(problem):
+            return cached[1]
+    program = _compile(problem, parameters, variables, gp)
+    with _CACHE_LOCK:
+        _CACHE.setdefault(problem, {})[key] = (_fingerprint(problem), program)
+    return program
+
+
+def _compile(
     problem: cp.Problem,
     parameters: Sequence[cp.Parameter],
     variables: Sequence[cp.Variable],
