@@ -61,8 +61,10 @@ def test_torch_adapter_passes_the_warning_or_the_accurate_gradient(name, refine)
             torch.autograd.backward(outs, grad_tensors=w)
         said = [str(c.message) for c in caught
                 if issubclass(c.category, InaccurateSolutionWarning)]
-        if refine:
-            assert not said
+        # Refinement either recovers the accurate gradient silently, or (when SCS
+        # stopped too far away: the polish runs only after a converged solve, so
+        # max_iters is respected) the layer warns with status and residuals.
+        if refine and not said:
             g = np.concatenate([p.grad.numpy().ravel() for p in params])
             assert np.linalg.norm(g - tight) <= limits.GRAD_RTOL * np.linalg.norm(tight)
         else:
@@ -95,8 +97,7 @@ def test_jax_adapter_passes_the_warning_or_the_accurate_gradient(name):
                 grads = jax.grad(loss, argnums=tuple(range(len(params))))(*params)
             said = [str(c.message) for c in caught
                     if issubclass(c.category, InaccurateSolutionWarning)]
-            if refine:
-                assert not said
+            if refine and not said:  # accurate after refinement, or warned (see above)
                 g = np.concatenate([np.asarray(gi).ravel() for gi in grads])
                 assert np.linalg.norm(g - tight) <= limits.GRAD_RTOL * np.linalg.norm(tight)
             else:
