@@ -49,7 +49,7 @@ def _entry_names(program) -> list[str]:
 
 def diagnose(
     path: str, eps: float = 1e-4, checks: str = "full", max_iters: int = 100_000,
-    seed: int = 0, top: int = 8, quiet: bool = True,
+    seed: int = 0, top: int = 8, quiet: bool = True, solver_args: dict | None = None,
 ) -> dict:
     """Everything ``conelayers diagnose`` reports, as a dict (see the README for keys).
     Raises ConelayersError / CanonicalizationError for unreadable or unsolvable files."""
@@ -62,7 +62,7 @@ def diagnose(
     pf = read_problem(path)
     timings["read_s"] = time.perf_counter() - t0
     program, theta = pf.program, pf.theta
-    args = {"eps": eps, "max_iters": max_iters}
+    args = {"eps": eps, "max_iters": max_iters, **(solver_args or {})}
 
     _progress(quiet, f"solving ({program.n} variables, {program.m} cone rows)")
     with warnings.catch_warnings(record=True) as caught:
@@ -231,6 +231,28 @@ def plot_report(d: dict, out: str) -> None:
     plt.close(fig)
 
 
+def _parse_solver_args(items: Sequence[str]) -> dict:
+    """'key=value' strings → a dict, values as int, float or bool where they parse."""
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConelayersError(f"--solver-arg expects KEY=VALUE, got {item!r}")
+        low = value.lower()
+        if low in ("true", "false"):
+            out[key] = low == "true"
+            continue
+        for cast in (int, float):
+            try:
+                out[key] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key] = value
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="conelayers", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -243,10 +265,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     diag.add_argument("--check", choices=("off", "fast", "full"), default="full")
     diag.add_argument("--seed", type=int, default=0, help="seed of the spot check")
     diag.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    diag.add_argument("--solver-arg", action="append", default=[], metavar="KEY=VALUE",
+                      help="another SCS setting, e.g. acceleration_lookback=0 (repeatable)")
     args = parser.parse_args(argv)
     try:
+        extra = _parse_solver_args(args.solver_arg)
         report = diagnose(args.file, eps=args.eps, checks=args.check,
-                          max_iters=args.max_iters, seed=args.seed, quiet=args.quiet)
+                          max_iters=args.max_iters, seed=args.seed, quiet=args.quiet,
+                          solver_args=extra)
     except (ConelayersError, CanonicalizationError, OSError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         if args.json:

@@ -29,7 +29,12 @@ SETTINGS = {"eps": 1e-6, "max_iters": 200_000}
 def test_sdplib_objective_matches_readme(path):
     known = sdplib_optimal_values(SHARED / "sdplib" / "README.md")
     name = path.name.split(".")[0]
-    report = diagnose(str(path), eps=1e-6, checks="fast", max_iters=200_000)
+    # control1 stalls near 0.40 with SCS's default acceleration (seen by the reader's
+    # tests too); without it, and at eps 1e-7, it converges.
+    extra = {"acceleration_lookback": 0} if name == "control1" else {}
+    eps = 1e-7 if name == "control1" else 1e-6
+    iters = 600_000 if name == "control1" else 200_000  # as in the reader tests
+    report = diagnose(str(path), eps=eps, checks="fast", max_iters=iters, solver_args=extra)
     assert report["objective"] == pytest.approx(known[name], rel=1e-3)
 
 

@@ -19,9 +19,10 @@ FAST = {"truss1", "truss4", "hinf1", "qap5"}
 DEFAULT = {"eps": 1e-6, "max_iters": 200_000}
 SETTINGS = {
     # Badly scaled (|A| up to 1.1e4): SCS's Anderson acceleration stalls near 0.4, plain
-    # Douglas–Rachford creeps (1e-2 relative after 1e5 iterations); Newton refinement
-    # from there reaches 4e-6. max_iters is hit, so SCS reports solved_inaccurate.
-    "control1": {"eps": 1e-7, "max_iters": 100_000, "acceleration_lookback": 0},
+    # Douglas–Rachford creeps (1e-2 relative after 1e5 iterations, where Newton
+    # refinement cannot yet help: ‖N‖ is O(1)); 6e5 iterations (about 10 s) get close
+    # enough for refinement to finish the job.
+    "control1": {"eps": 1e-7, "max_iters": 600_000, "acceleration_lookback": 0},
 }
 # SCS stops on its own criteria with residuals the layer flags (hinf1 at eps 1e-6), or
 # at max_iters (control1): the objective still matches, the warning is expected.
