@@ -139,6 +139,13 @@ class ParametricConeProgram:
         """Length p of the parameter vector θ (without the trailing 1)."""
         return self.c_map.shape[1] - 1
 
+    def split_theta(self, theta: np.ndarray) -> list[np.ndarray]:
+        """θ (p,) split into one array per parameter slot, shaped like the parameter
+        (column-major), e.g. the values ``LayerCore.forward`` takes."""
+        theta = np.asarray(theta, dtype=np.float64)
+        return [theta[s.offset : s.offset + s.size].reshape(s.shape, order="F")
+                for s in self.parameters]
+
     def theta_tilde(self, theta: np.ndarray) -> np.ndarray:
         """Append the constant 1 to θ of shape (p,) or (p, B)."""
         theta = np.asarray(theta, dtype=np.float64)

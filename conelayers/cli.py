@@ -137,8 +137,7 @@ def _fd_check(sens, program, theta, args, seed: int) -> dict | None:
     direction /= np.linalg.norm(direction)
     x_name = sens.output_names[0]
     w = rng.standard_normal(sens.values[x_name].shape)
-    split = [direction[s.offset: s.offset + s.size].reshape(s.shape, order="F")
-             for s in program.parameters]
+    split = program.split_theta(direction)
     analytic = float((w * sens.jvp(dict(zip(sens.parameter_names, split)))[x_name]).sum())
     h = 1e-6 * (1.0 + float(np.linalg.norm(theta)))
     core = LayerCore.from_program(program, checks="off")
@@ -146,8 +145,7 @@ def _fd_check(sens, program, theta, args, seed: int) -> dict | None:
               "max_iters": max(2000, 3 * sens.result.solutions[0].iterations)}
 
     def value(t):
-        vals = [t[s.offset: s.offset + s.size].reshape(s.shape, order="F")
-                for s in program.parameters]
+        vals = program.split_theta(t)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConelayersWarning)
             out = core.forward(vals, budget)

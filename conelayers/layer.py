@@ -103,6 +103,17 @@ def unvec_batch(vec: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return out.transpose((0,) + tuple(range(len(shape), 0, -1)))
 
 
+def divide_by_log_values(
+    arr: np.ndarray, program: ParametricConeProgram, theta: np.ndarray
+) -> None:
+    """In place, for every parameter entered through its log (DGP): d/dvalue = d/dθ / value
+    with value = exp(θ). ``arr`` and ``theta`` are (p, B) or (p,) on θ's rows."""
+    for slot in program.parameters:
+        if slot.log:
+            rows = slice(slot.offset, slot.offset + slot.size)
+            arr[rows] /= np.exp(theta[rows])
+
+
 def _apply(rec, vec: np.ndarray) -> np.ndarray:
     """A recovery applied to a (len, B) batch of source vectors, with exp for DGP."""
     out = rec.apply(vec)
@@ -344,8 +355,9 @@ class LayerCore:
         on_failure = own.get("on_failure", "raise")
         if on_failure not in ("raise", "nan"):
             raise ValueError(f"on_failure must be 'raise' or 'nan', got {on_failure!r}")
-        self._max_iters = int(settings.get("max_iters", 100_000))
-        failed = self._handle_failures(solutions, on_failure)
+        failed = self._handle_failures(
+            solutions, on_failure, int(settings.get("max_iters", 100_000))
+        )
 
         refine = own.get("refine", True)
         selection: Selection = own.get("selection", "lower")
@@ -394,7 +406,9 @@ class LayerCore:
             _jacobians=jacobians,
         )
 
-    def _handle_failures(self, solutions: list[ConeSolution], on_failure: str) -> frozenset:
+    def _handle_failures(
+        self, solutions: list[ConeSolution], on_failure: str, max_iters: int
+    ) -> frozenset:
         """Raise a named error listing every failed instance (after all were tried), or,
         with on_failure="nan", warn and return their indices."""
         failures = {i: s.status for i, s in enumerate(solutions) if not s.has_solution}
@@ -425,7 +439,7 @@ class LayerCore:
                     "infeasible/unbounded: try raising max_iters or rescaling", failures
                 )
             hint = ""
-            if any(solutions[i].iterations >= self._max_iters for i in failures):
+            if any(solutions[i].iterations >= max_iters for i in failures):
                 hint = "; max_iters was reached: raise max_iters in solver_args"
             raise SolverError(
                 f"SCS did not solve the problem ({text}) [{details}]{hint}", failures
@@ -467,10 +481,7 @@ class LayerCore:
                 continue
             A_bar, b_bar, c_bar, P_bar = result.derivative(k).vjp(xbar, ybar, np.zeros(prog.m))
             theta_bar[:, k] = prog.data_adjoint(A_bar, b_bar, c_bar, P_bar)
-        for slot in prog.parameters:
-            if slot.log:  # θ = log(value): d/dvalue = d/dθ / value
-                rows = slice(slot.offset, slot.offset + slot.size)
-                theta_bar[rows] /= np.exp(result.theta[rows])
+        divide_by_log_values(theta_bar, prog, result.theta)
         return self._split_theta(theta_bar, result.batched_inputs)
 
     def jvp(self, result: ForwardResult, tangents: Sequence[np.ndarray | None]) -> list:
@@ -490,8 +501,7 @@ class LayerCore:
             t = np.asarray(t, dtype=np.float64)
             rows = slice(slot.offset, slot.offset + slot.size)
             dtheta[rows] = vec_batch(t) if is_batched else t.ravel(order="F")[:, None]
-            if slot.log:
-                dtheta[rows] /= np.exp(result.theta[rows])
+        divide_by_log_values(dtheta, prog, result.theta)
         dtt = np.concatenate([dtheta, np.zeros((1, B))])  # constants do not move
         dA = prog.A.values(dtt)
         db, dc = prog.b_map @ dtt, prog.c_map @ dtt

@@ -77,7 +77,7 @@ def _reusable(
     moved, and on piecewise-linear pieces (LP/QP active sets) whenever the active set
     did not change, however far Newton moved."""
     jac = info.jacobian
-    if jac is None or jac._lu is None:
+    if jac is None or not jac.factorized:
         return None
     gap = float(np.abs(z - info.jacobian_point).max(initial=0.0))
     if gap <= REUSE_RTOL * (1.0 + float(np.abs(z).max())):

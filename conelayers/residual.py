@@ -126,6 +126,11 @@ class ResidualJacobian:
         return U
 
     # -- solves -----------------------------------------------------------------------
+    @property
+    def factorized(self) -> bool:
+        """Whether U has been factorized (a reusable LU is held)."""
+        return self._lu is not None
+
     def factorization(self) -> NullSpaceLU:
         """The sparse LU of U with its numerical null spaces (computed once)."""
         if self._lu is None:
@@ -152,7 +157,7 @@ class ResidualJacobian:
             w, inconsistency = lu.solve(rhs, transpose=transpose)
             apply = self.rmatvec if transpose else self.matvec
             res = float(np.linalg.norm(apply(w) - rhs)) / rhs_norm
-            nullity = lu.nullity if lu._analyzed else 0
+            nullity = lu.nullity if lu.analyzed else 0
             info = LinearSolveInfo(
                 "direct", res, nullity=nullity, inconsistency=inconsistency / rhs_norm
             )

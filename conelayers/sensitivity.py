@@ -24,7 +24,7 @@ import numpy as np
 from canonicalize import ParametricConeProgram
 from conelayers.checks import CheckReport
 from conelayers.exceptions import ParameterError
-from conelayers.layer import ForwardResult, LayerCore
+from conelayers.layer import ForwardResult, LayerCore, divide_by_log_values
 
 
 @dataclass
@@ -125,14 +125,8 @@ class Sensitivity:
         P_bar = 0.5 * self.core.P_pattern.outer(x, x) if self.core.P_pattern else None
         theta_bar = prog.data_adjoint(A_bar, -y, x, P_bar, offset_bar=np.ones(1))
         theta_bar = prog.objective_sign * theta_bar
-        for slot in prog.parameters:
-            if slot.log:
-                rows = slice(slot.offset, slot.offset + slot.size)
-                theta_bar[rows] /= np.exp(self.result.theta[rows, 0])
-        return {
-            s.name: theta_bar[s.offset : s.offset + s.size].reshape(s.shape, order="F")
-            for s in prog.parameters
-        }
+        divide_by_log_values(theta_bar, prog, self.result.theta[:, 0])
+        return dict(zip(self.parameter_names, prog.split_theta(theta_bar)))
 
 
 def analyze(
@@ -166,8 +160,7 @@ def analyze_program(
 ) -> Sensitivity:
     """The same for a compiled program (e.g. a problem file) at parameter vector θ."""
     core = LayerCore.from_program(program, checks=checks)
-    values = [theta[s.offset : s.offset + s.size].reshape(s.shape, order="F")
-              for s in program.parameters]
+    values = program.split_theta(theta)
     return _analyze_core(core, values, solver_args,
                          tuple(s.name for s in program.parameters),
                          tuple(r.name for r in program.recoveries))

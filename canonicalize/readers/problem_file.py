@@ -64,11 +64,7 @@ class ProblemFile:
     def values(self, theta: np.ndarray | None = None) -> list[np.ndarray]:
         """θ split into one array per parameter slot, shaped as the slot (column-major),
         ready for ``LayerCore.forward``."""
-        theta = self.theta if theta is None else np.asarray(theta, dtype=np.float64)
-        return [
-            theta[s.offset : s.offset + s.size].reshape(s.shape, order="F")
-            for s in self.program.parameters
-        ]
+        return self.program.split_theta(self.theta if theta is None else theta)
 
     def objective(self, x: np.ndarray, theta: np.ndarray | None = None) -> float:
         """The objective at the cone program's primal x, in the file's own sense:
