@@ -27,7 +27,7 @@ from scipy.sparse import csgraph
 
 from canonicalize import ParametricConeProgram
 from conelayers.cones import SELECTIONS, Selection
-from conelayers.derivative import Pattern
+from conelayers.derivative import Pattern, data_cotangent
 from conelayers.exceptions import (
     InaccurateSolutionWarning,
     NonsmoothPointWarning,
@@ -130,10 +130,10 @@ class _Instance:
     def parameter_image(self, ell: np.ndarray) -> np.ndarray:
         """(∂N/∂θ)ᵀℓ: how much the parameter gradient moves if the adjoint answer moves
         along ℓ."""
-        lu, lv = ell[: self.n], ell[self.n :]
-        A_bar = self.A_pattern.outer(lv, self.x) - self.A_pattern.outer(self.y, lu)
-        P_bar = -self.P_pattern.outer(lu, self.x) if self.P_pattern is not None else None
-        return self.program.data_adjoint(A_bar, -lv, -lu, P_bar)
+        A_bar, b_bar, c_bar, P_bar = data_cotangent(
+            ell, self.x, self.y, self.A_pattern, self.P_pattern
+        )
+        return self.program.data_adjoint(A_bar, b_bar, c_bar, P_bar)
 
     def stays_solution(self, direction: np.ndarray) -> bool:
         """Whether z ± εn still solve N = 0 to second order (a segment of solutions)."""

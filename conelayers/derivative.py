@@ -41,6 +41,17 @@ class Pattern:
         return left[self.rows] * right[self.cols]
 
 
+def data_cotangent(
+    r: np.ndarray, x: np.ndarray, y: np.ndarray, A_pattern: Pattern, P_pattern: Pattern | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """−(∂N/∂data)ᵀ r as (Ā values, b̄, c̄, P̄ values): Ā = r_v xᵀ − y r_uᵀ, b̄ = −r_v,
+    c̄ = −r_u, P̄ = −r_u xᵀ on the stored patterns (n = x.size splits r)."""
+    ru, rv = r[: x.size], r[x.size :]
+    A_bar = A_pattern.outer(rv, x) - A_pattern.outer(y, ru)
+    P_bar = -P_pattern.outer(ru, x) if P_pattern is not None else None
+    return A_bar, -rv, -ru, P_bar
+
+
 class SolutionDerivative:
     """jvp and vjp of (x, y, s) at one solved instance."""
 
@@ -86,9 +97,4 @@ class SolutionDerivative:
         """(Ā values, b̄, c̄, P̄ values) for the gradient (x̄, ȳ, s̄) on the solution."""
         g = np.concatenate([dx, self.U.J.matvec(dy + ds) - ds])
         r, self.last_solve = self.U.solve(g, transpose=True, method=self.method)
-        ru, rv = r[: self.n], r[self.n :]
-        A_bar = self.A_pattern.outer(rv, self.x) - self.A_pattern.outer(self.y, ru)
-        P_bar = None
-        if self.P_pattern is not None:
-            P_bar = -self.P_pattern.outer(ru, self.x)
-        return A_bar, -rv, -ru, P_bar
+        return data_cotangent(r, self.x, self.y, self.A_pattern, self.P_pattern)
