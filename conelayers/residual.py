@@ -29,6 +29,10 @@ from conelayers.solvers.scs import ConeProgram
 
 DIRECT_MAX_SIZE = 4000
 """Largest n + m for which U is factorized directly (sparse LU) instead of LSQR."""
+DENSE_MAX_SIZE = 200
+"""Largest n + m for which U is factorized as a dense matrix (LAPACK): below it, building
+and ordering a sparse LU costs more than the dense O(N³) factorization (measured on the
+benchmark's small families)."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,21 @@ class LinearSolveInfo:
     inconsistency: float = 0.0  # relative part of rhs outside range(U) (direct solves)
 
 
+class _Operators:
+    """A, Aᵀ and P of a program in the form that multiplies fastest: dense arrays for
+    small programs (a SciPy sparse product costs ~10 µs of Python overhead, more than
+    the arithmetic there), the sparse matrices otherwise."""
+
+    def __init__(self, program: ConeProgram) -> None:
+        m, n = program.A.shape
+        if n + m <= DENSE_MAX_SIZE:
+            self.A = program.A.toarray()
+            self.AT = self.A.T
+            self.P = program.P.toarray() if program.P is not None else None
+        else:
+            self.A, self.AT, self.P = program.A, program.A.T.tocsr(), program.P
+
+
 class ResidualMap:
     """N(z) for one cone program, with helpers between z and (x, y, s)."""
 
@@ -51,6 +70,8 @@ class ResidualMap:
         self.cone = cone if cone is not None else ProductCone(program.dims)
         self.n = program.A.shape[1]
         self.m = program.A.shape[0]
+        self.ops = _Operators(program)
+        self._last: tuple[np.ndarray, np.ndarray] | None = None
 
     def z_from_solution(self, x: np.ndarray, y: np.ndarray, s: np.ndarray) -> np.ndarray:
         return np.concatenate([x, y - s])
@@ -61,27 +82,37 @@ class ResidualMap:
         return u.copy(), y, y - v
 
     def __call__(self, z: np.ndarray) -> np.ndarray:
-        prog = self.program
+        # The refined point is evaluated by refinement, the accuracy message, the kink
+        # tolerance and the checks: remember the last evaluation.
+        last = self._last
+        if last is not None and last[0].shape == z.shape and np.array_equal(last[0], z):
+            return last[1].copy()
+        prog, ops = self.program, self.ops
         u, v = z[: self.n], z[self.n :]
         y = self.cone.project_dual(v)
-        top = prog.A.T @ y + prog.c
-        if prog.P is not None:
-            top = top + prog.P @ u
-        return np.concatenate([top, prog.b - prog.A @ u - y + v])
+        top = ops.AT @ y + prog.c
+        if ops.P is not None:
+            top = top + ops.P @ u
+        out = np.concatenate([top, prog.b - ops.A @ u - y + v])
+        self._last = (np.array(z, dtype=np.float64), out.copy())
+        return out
 
     def jacobian(
         self, z: np.ndarray, selection: Selection = "lower", kink_tol: float = 0.0
     ) -> ResidualJacobian:
         J = self.cone.jacobian_dual(z[self.n :], selection=selection, kink_tol=kink_tol)
-        return ResidualJacobian(self.program, J)
+        return ResidualJacobian(self.program, J, self.ops)
 
 
 class ResidualJacobian:
     """U = [[P, AᵀJ], [−A, I − J]] as a matrix-free operator, with solves."""
 
-    def __init__(self, program: ConeProgram, J: ConeJacobian) -> None:
+    def __init__(
+        self, program: ConeProgram, J: ConeJacobian, ops: _Operators | None = None
+    ) -> None:
         self.program = program
         self.J = J
+        self.ops = ops if ops is not None else _Operators(program)
         self.n = program.A.shape[1]
         self.m = program.A.shape[0]
         self.size = self.n + self.m
@@ -90,19 +121,21 @@ class ResidualJacobian:
     # -- products -------------------------------------------------------------------
     def matvec(self, w: np.ndarray) -> np.ndarray:
         """U w."""
-        A, P = self.program.A, self.program.P
+        ops = self.ops
+        A, P = ops.A, ops.P
         wu, wv = w[: self.n], w[self.n :]
         Jwv = self.J.matvec(wv)
-        top = A.T @ Jwv
+        top = ops.AT @ Jwv
         if P is not None:
             top = top + P @ wu
         return np.concatenate([top, -(A @ wu) + wv - Jwv])
 
     def rmatvec(self, w: np.ndarray) -> np.ndarray:
         """Uᵀ w (P and J are symmetric)."""
-        A, P = self.program.A, self.program.P
+        ops = self.ops
+        A, P = ops.A, ops.P
         wu, wv = w[: self.n], w[self.n :]
-        top = -(A.T @ wv)
+        top = -(ops.AT @ wv)
         if P is not None:
             top = top + P @ wu
         return np.concatenate([top, self.J.matvec(A @ wu - wv) + wv])
@@ -125,6 +158,22 @@ class ResidualJacobian:
         )
         return U
 
+    def todense(self) -> np.ndarray:
+        """U as a dense array (small systems)."""
+        A = self.ops.A if isinstance(self.ops.A, np.ndarray) else self.program.A.toarray()
+        Jd = self.J.todense()
+        n = self.n
+        U = np.empty((self.size, self.size))
+        if self.program.P is not None:
+            P = self.ops.P
+            U[:n, :n] = P if isinstance(P, np.ndarray) else P.toarray()
+        else:
+            U[:n, :n] = 0.0
+        U[:n, n:] = A.T @ Jd
+        U[n:, :n] = -A
+        U[n:, n:] = np.eye(self.m) - Jd
+        return U
+
     # -- solves -----------------------------------------------------------------------
     @property
     def factorized(self) -> bool:
@@ -134,7 +183,8 @@ class ResidualJacobian:
     def factorization(self) -> NullSpaceLU:
         """The sparse LU of U with its numerical null spaces (computed once)."""
         if self._lu is None:
-            self._lu = NullSpaceLU(self.tosparse())
+            small = self.size <= DENSE_MAX_SIZE
+            self._lu = NullSpaceLU(self.todense() if small else self.tosparse())
         return self._lu
 
     def solve(

@@ -45,6 +45,21 @@ class ConeJacobian(LinearOperator):
     def tosparse(self) -> sp.csc_matrix:
         """J as a sparse CSC matrix."""
 
+    def todense(self) -> np.ndarray:
+        """J as a dense array (small systems)."""
+        return self.tosparse().toarray()
+
+    def dense_blocks(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per group of equal-size blocks: (row indices (c, s), dense blocks (c, s, s))."""
+        raise NotImplementedError
+
+    def _fill_dense(self) -> np.ndarray:
+        """``todense`` from ``dense_blocks``."""
+        out = np.zeros(self.shape)
+        for idx, M in self.dense_blocks():
+            out[idx[:, :, None], idx[:, None, :]] = M
+        return out
+
 
 class ConeBlock(ABC):
     """A run of cones of one kind, ``size`` rows in all."""

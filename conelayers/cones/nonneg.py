@@ -22,6 +22,9 @@ class DiagonalJacobian(ConeJacobian):
     def tosparse(self) -> sp.csc_matrix:
         return sp.diags(self.q, format="csc")
 
+    def todense(self) -> np.ndarray:
+        return np.diag(self.q)
+
 
 class NonnegCone(ConeBlock):
     """K = K* = ℝ^size₊. Kinks at vᵢ = 0, where qᵢ ∈ [0, 1]: "lower" takes 0 (as autograd

@@ -32,6 +32,12 @@ class BlockDiagonalJacobian(ConeJacobian):
             out[sl] = J.matvec(x[sl])
         return out
 
+    def todense(self) -> np.ndarray:
+        out = np.zeros(self.shape)
+        for sl, J in self.parts:
+            out[sl, sl] = J.todense()
+        return out
+
     def tosparse(self) -> sp.csc_matrix:
         if not self.parts:
             return sp.csc_matrix(self.shape, dtype=np.float64)

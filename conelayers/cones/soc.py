@@ -88,6 +88,9 @@ class SocJacobian(ConeJacobian):
             blocks.append((g.idx, M))
         return blocks
 
+    def todense(self) -> np.ndarray:
+        return self._fill_dense()
+
     def tosparse(self) -> sp.csc_matrix:
         n = self.shape[0]
         rows, cols, vals = [], [], []

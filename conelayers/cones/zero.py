@@ -18,6 +18,9 @@ class IdentityJacobian(ConeJacobian):
     def tosparse(self) -> sp.csc_matrix:
         return sp.identity(self.shape[0], dtype=np.float64, format="csc")
 
+    def todense(self) -> np.ndarray:
+        return np.eye(self.shape[0])
+
 
 class ZeroCone(ConeBlock):
     """K = {0} ⊂ ℝ^size; K* = ℝ^size. No kinks."""
