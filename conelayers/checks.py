@@ -129,7 +129,7 @@ class _Instance:
 
     def parameter_image(self, ell: np.ndarray) -> np.ndarray:
         """(∂N/∂θ)ᵀℓ: how much the parameter gradient moves if the adjoint answer moves
-        along ℓ."""
+        along ℓ (one column per column of ℓ)."""
         A_bar, b_bar, c_bar, P_bar = data_cotangent(
             ell, self.x, self.y, self.A_pattern, self.P_pattern
         )
@@ -176,9 +176,11 @@ class _Instance:
             out_w = max(out_w, w)
             if w > USER_WEIGHT_TOL and self.stays_solution(n_vec):
                 nonunique = True
+        if lu.nullity:
             # Restricted to the coupled blocks, ℓ is still a left null vector.
-            ell = np.where(coupled, lu.left_null[:, k], 0.0)
-            param_w = max(param_w, float(np.linalg.norm(self.parameter_image(ell))))
+            ells = np.where(coupled[:, None], lu.left_null, 0.0)
+            images = self.parameter_image(ells).reshape(-1, lu.nullity)
+            param_w = float(np.linalg.norm(images, axis=0).max())
         sigma = lu.sigma_min / lu.norm if lu.norm > 0 else 0.0
         return SelectionCheck(name, jac.size, sigma, lu.nullity, out_w, param_w, nonunique)
 

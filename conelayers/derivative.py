@@ -37,15 +37,20 @@ class Pattern:
         return np.bincount(self.cols, values * w[self.rows], minlength=self.shape[1])
 
     def outer(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-        """Stored entries of left·rightᵀ."""
-        return left[self.rows] * right[self.cols]
+        """Stored entries of left·rightᵀ; with one factor of shape (·, k), the stored
+        entries of k such products, shape (nnz, k)."""
+        lv, rv = left[self.rows], right[self.cols]
+        if lv.ndim != rv.ndim:
+            lv, rv = (lv[:, None], rv) if lv.ndim == 1 else (lv, rv[:, None])
+        return lv * rv
 
 
 def data_cotangent(
     r: np.ndarray, x: np.ndarray, y: np.ndarray, A_pattern: Pattern, P_pattern: Pattern | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """−(∂N/∂data)ᵀ r as (Ā values, b̄, c̄, P̄ values): Ā = r_v xᵀ − y r_uᵀ, b̄ = −r_v,
-    c̄ = −r_u, P̄ = −r_u xᵀ on the stored patterns (n = x.size splits r)."""
+    c̄ = −r_u, P̄ = −r_u xᵀ on the stored patterns (n = x.size splits r). ``r`` may hold
+    several vectors as columns; each output then has one column per vector."""
     ru, rv = r[: x.size], r[x.size :]
     A_bar = A_pattern.outer(rv, x) - A_pattern.outer(y, ru)
     P_bar = -P_pattern.outer(ru, x) if P_pattern is not None else None

@@ -39,6 +39,7 @@ from conelayers.exceptions import (
     UnboundedError,
     describe_failures,
 )
+from conelayers.linsolve import FactorizationHints
 from conelayers.refine import refine_solution
 from conelayers.residual import ResidualMap, kink_tolerance
 from conelayers.solvers.scs import (
@@ -219,6 +220,7 @@ class LayerCore:
         self.program = program
         try:
             self.cone = ProductCone(program.dims)
+            self.factor_hints = FactorizationHints()
         except NotImplementedError as err:
             raise ProblemError(str(err)) from err
         self.solver_args = dict(solver_args or {})
@@ -363,7 +365,7 @@ class LayerCore:
         selection: Selection = own.get("selection", "lower")
         xs, ys, residuals, points, jacobians = [], [], [], [], []
         for k, (prog, sol) in enumerate(zip(programs, solutions)):
-            residual = ResidualMap(prog, self.cone)
+            residual = ResidualMap(prog, self.cone, self.factor_hints)
             jac = None
             if k in failed:  # NaN outputs; zero gradients (see _vjp)
                 z = np.full(prog.A.shape[0] + prog.A.shape[1], np.nan)

@@ -24,7 +24,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from conelayers.cones import ConeJacobian, ProductCone, Selection
-from conelayers.linsolve import NullSpaceLU
+from conelayers.linsolve import FactorizationHints, NullSpaceLU
 from conelayers.solvers.scs import ConeProgram
 
 DIRECT_MAX_SIZE = 4000
@@ -52,7 +52,10 @@ class _Operators:
     small programs (a SciPy sparse product costs ~10 µs of Python overhead, more than
     the arithmetic there), the sparse matrices otherwise."""
 
-    def __init__(self, program: ConeProgram) -> None:
+    def __init__(
+        self, program: ConeProgram, hints: FactorizationHints | None = None
+    ) -> None:
+        self.hints = hints if hints is not None else FactorizationHints()
         m, n = program.A.shape
         if n + m <= DENSE_MAX_SIZE:
             self.A = program.A.toarray()
@@ -65,12 +68,17 @@ class _Operators:
 class ResidualMap:
     """N(z) for one cone program, with helpers between z and (x, y, s)."""
 
-    def __init__(self, program: ConeProgram, cone: ProductCone | None = None) -> None:
+    def __init__(
+        self,
+        program: ConeProgram,
+        cone: ProductCone | None = None,
+        hints: FactorizationHints | None = None,
+    ) -> None:
         self.program = program
         self.cone = cone if cone is not None else ProductCone(program.dims)
         self.n = program.A.shape[1]
         self.m = program.A.shape[0]
-        self.ops = _Operators(program)
+        self.ops = _Operators(program, hints)
         self._last: tuple[np.ndarray, np.ndarray] | None = None
 
     def z_from_solution(self, x: np.ndarray, y: np.ndarray, s: np.ndarray) -> np.ndarray:
@@ -184,7 +192,10 @@ class ResidualJacobian:
         """The sparse LU of U with its numerical null spaces (computed once)."""
         if self._lu is None:
             small = self.size <= DENSE_MAX_SIZE
-            self._lu = NullSpaceLU(self.todense() if small else self.tosparse())
+            self._lu = (
+                NullSpaceLU(self.todense()) if small
+                else NullSpaceLU(self.tosparse(), hints=self.ops.hints)
+            )
         return self._lu
 
     def solve(
@@ -288,16 +299,50 @@ def newton_refine(
             best, selection=selection, kink_tol=KINK_RTOL * (1.0 + float(np.abs(best).max()))
         )
         jac_point = best
-        # A Newton step needs no exact solve (the line search guards it): no LSQR fallback.
-        step, _ = jac.solve(residual(best), method="direct" if jac.size <= DIRECT_MAX_SIZE
-                            else "lsqr")
-        # Backtracking: a full step can overshoot across pieces of the projection.
-        for alpha in (1.0, 0.5, 0.25, 0.125):
-            candidate = best - alpha * step
-            cand_norm = float(np.linalg.norm(residual(candidate)))
-            if np.isfinite(cand_norm) and cand_norm < (1.0 - 1e-4 * alpha) * best_norm:
-                break
-        else:
+        # A Newton step needs no exact solve (the line search guards it): no LSQR
+        # fallback, and first the plain LU solve, which skips the null-space analysis
+        # of a singular U (harmless auxiliary null spaces are common); the minimum-norm
+        # step if that one is not small (a null-space component blown up by the LU) or
+        # the line search rejects it.
+        r = residual(best)
+        direct = jac.size <= DIRECT_MAX_SIZE
+        accepted = None
+        if direct:
+            step = jac.factorization().solve_unanalyzed(r)
+            if np.abs(step).max(initial=0.0) <= 1.0 + float(np.abs(best).max(initial=0.0)):
+                # Only a full step with a Newton-like decrease: near a degenerate
+                # solution (a singular U that matters) the LU step can lower ‖N‖ slowly
+                # while drifting along the flat direction, away from the solution.
+                accepted = _line_search(
+                    residual, best, best_norm, step, alphas=(1.0,), decrease=0.1
+                )
+        if accepted is None:
+            step, _ = jac.solve(r, method="direct" if direct else "lsqr")
+            accepted = _line_search(residual, best, best_norm, step)
+        if accepted is None:
             break
-        best, best_norm, steps = candidate, cand_norm, steps + 1
+        best, best_norm = accepted
+        steps += 1
     return best, RefinementInfo(steps, r0, best_norm, jac, jac_point)
+
+
+def _line_search(
+    residual: ResidualMap,
+    z: np.ndarray,
+    norm: float,
+    step: np.ndarray,
+    alphas: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125),
+    decrease: float | None = None,
+) -> tuple[np.ndarray, float] | None:
+    """Backtracking on ‖N‖ (a full step can overshoot across pieces of the projection):
+    the first of z − α·step that decreases ‖N‖ enough (Armijo-like, or below
+    ``decrease``·‖N‖ when given), or None."""
+    if not np.all(np.isfinite(step)):
+        return None
+    for alpha in alphas:
+        candidate = z - alpha * step
+        cand_norm = float(np.linalg.norm(residual(candidate)))
+        bound = decrease * norm if decrease is not None else (1.0 - 1e-4 * alpha) * norm
+        if np.isfinite(cand_norm) and cand_norm < bound:
+            return candidate, cand_norm
+    return None
