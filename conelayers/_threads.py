@@ -1,4 +1,5 @@
-"""Single-threaded BLAS for the core's small dense kernels.
+"""Threads in the core: single-threaded BLAS for its small dense kernels, and a thread
+pool over the instances of a batch.
 
 The core's dense work is on small or thin matrices (PSD blocks, N×k null-space blocks),
 where threaded BLAS costs more than it gains, and far more when the machine is busy
@@ -8,12 +9,17 @@ where threaded BLAS costs more than it gains, and far more when the machine is b
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import lru_cache
+from typing import TypeVar
 
 from threadpoolctl import ThreadpoolController
+
+T = TypeVar("T")
 
 _lock = threading.Lock()
 _depth = 0
@@ -57,3 +63,21 @@ def _restore(ctrl: ThreadpoolController, info: list[dict]) -> None:
     for lib in ctrl.select(user_api="blas").lib_controllers:
         if lib.filepath in threads:
             lib.set_num_threads(threads[lib.filepath])
+
+
+def batch_workers(count: int, n_jobs: int | None = None) -> int:
+    """Threads for ``count`` independent instances: ``n_jobs`` if given, else one per
+    core, never more than the instances."""
+    jobs = (os.cpu_count() or 1) if n_jobs is None else max(1, int(n_jobs))
+    return max(1, min(jobs, count))
+
+
+def map_batch(fn: Callable[[int], T], count: int, n_jobs: int | None = None) -> list[T]:
+    """[fn(0), ..., fn(count − 1)] over a thread pool (for work that releases the GIL:
+    SCS, SuperLU, LAPACK), in order; serial for one worker. An exception in one call
+    is raised after all calls have finished."""
+    jobs = batch_workers(count, n_jobs)
+    if jobs == 1:
+        return [fn(k) for k in range(count)]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(fn, range(count)))

@@ -22,8 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.sparse as sp
-from scipy.sparse import csgraph
 
 from canonicalize import ParametricConeProgram
 from conelayers.cones import SELECTIONS, Selection
@@ -62,6 +60,9 @@ class SelectionCheck:
     output_weight: float  # largest |image| of a unit right null vector on the outputs
     parameter_weight: float  # largest |(∂N/∂θ)ᵀℓ| of a unit left null vector
     nonunique: bool  # a null direction that moves the outputs keeps N(z) = 0
+    # Coordinates of z in blocks of U decoupled from the outputs (a singular U judged on
+    # the coupled part alone; the fields above then describe that part).
+    decoupled: int = 0
 
     @property
     def singular_for_user(self) -> bool:
@@ -108,11 +109,13 @@ class _Instance:
         program: ParametricConeProgram,
         A_pattern: Pattern,
         P_pattern: Pattern | None,
+        visible: np.ndarray | None = None,
     ) -> None:
         self.residual, self.z, self.program = residual, z, program
         self.A_pattern, self.P_pattern = A_pattern, P_pattern
         self.n = residual.n
         self.x, self.y, _ = residual.solution_from_z(z)
+        self.visible = visible if visible is not None else visible_coordinates(program)
 
     def output_image(self, jac: ResidualJacobian, vec: np.ndarray) -> np.ndarray:
         """The requested outputs' displacement for a displacement ``vec`` of z."""
@@ -145,44 +148,56 @@ class _Instance:
                 return True
         return False
 
-    def coupled_mask(self, U: sp.spmatrix) -> np.ndarray:
-        """Coordinates of z in the blocks of U that are coupled to a requested output.
-
-        U is often block diagonal after a permutation (e.g. an auxiliary variable that
-        no constraint ties to the outputs); a singular block that shares no equation
-        or unknown with the outputs cannot affect their derivative, so its null vectors
-        are ignored. The blocks are the connected components of U's sparsity graph.
-        """
-        pattern = abs(sp.csr_matrix(U))
-        _, labels = csgraph.connected_components(pattern + pattern.T, directed=False)
-        visible = np.zeros(U.shape[0], dtype=bool)
-        for rec in self.program.recoveries:
-            cols = np.unique(rec.matrix.indices)
-            visible[cols if rec.source == "x" else self.n + cols] = True
-        return np.isin(labels, np.unique(labels[visible]))
-
     def check_selection(self, jac: ResidualJacobian, name: str, level: str) -> SelectionCheck:
-        lu = jac.factorization()
+        if level == "fast":
+            lu = jac.regularity_factorization()
+            if lu.tiny_pivots == 0 and not lu.analyzed:
+                # No tiny pivot: U is numerically regular; the fast level skips the
+                # inverse iteration and reports the LU's pivot ratio as σ_min/σ_max
+                # proxy (of a contracting preconditioner's LU where U has none itself).
+                return SelectionCheck(name, jac.size, lu.pivot_ratio, 0, 0.0, 0.0, False)
+        # A singular block of U that shares no equation or unknown with the outputs
+        # (an auxiliary variable no constraint ties to them) cannot affect their
+        # derivative: judge U on the coordinates coupled to the outputs only.
+        mask, lu = jac.coupled_factorization(self.visible)
+        decoupled = int(mask.size - np.count_nonzero(mask)) if mask is not None else 0
         if level == "fast" and lu.tiny_pivots == 0 and not lu.analyzed:
-            # No tiny pivot: U is numerically regular; the fast level skips the
-            # inverse iteration and reports the LU's pivot ratio as σ_min/σ_max proxy.
-            return SelectionCheck(name, jac.size, lu.pivot_ratio, 0, 0.0, 0.0, False)
+            return SelectionCheck(
+                name, jac.size, lu.pivot_ratio, 0, 0.0, 0.0, False, decoupled
+            )
         out_w = param_w = 0.0
         nonunique = False
-        coupled = self.coupled_mask(lu.U) if lu.nullity else None
-        for k in range(lu.nullity):
-            n_vec = lu.right_null[:, k]
-            w = float(np.linalg.norm(self.output_image(jac, n_vec)))
-            out_w = max(out_w, w)
-            if w > USER_WEIGHT_TOL and self.stays_solution(n_vec):
-                nonunique = True
         if lu.nullity:
-            # Restricted to the coupled blocks, ℓ is still a left null vector.
-            ells = np.where(coupled[:, None], lu.left_null, 0.0)
-            images = self.parameter_image(ells).reshape(-1, lu.nullity)
+            right, left = lu.right_null, lu.left_null
+            if mask is not None:
+                right, left = _embed(right, mask), _embed(left, mask)
+            for k in range(lu.nullity):
+                w = float(np.linalg.norm(self.output_image(jac, right[:, k])))
+                out_w = max(out_w, w)
+                if w > USER_WEIGHT_TOL and self.stays_solution(right[:, k]):
+                    nonunique = True
+            images = self.parameter_image(left).reshape(-1, lu.nullity)
             param_w = float(np.linalg.norm(images, axis=0).max())
         sigma = lu.sigma_min / lu.norm if lu.norm > 0 else 0.0
-        return SelectionCheck(name, jac.size, sigma, lu.nullity, out_w, param_w, nonunique)
+        return SelectionCheck(
+            name, jac.size, sigma, lu.nullity, out_w, param_w, nonunique, decoupled
+        )
+
+
+def _embed(vectors: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Columns on the coordinates ``mask`` as full-length columns (0 elsewhere)."""
+    out = np.zeros((mask.size, vectors.shape[1]))
+    out[mask] = vectors
+    return out
+
+
+def visible_coordinates(program: ParametricConeProgram) -> np.ndarray:
+    """Mask of the coordinates of z = (u, v) the requested outputs read."""
+    visible = np.zeros(program.n + program.m, dtype=bool)
+    for rec in program.recoveries:
+        cols = np.unique(rec.matrix.indices)
+        visible[cols if rec.source == "x" else program.n + cols] = True
+    return visible
 
 
 def check_instance(
@@ -196,6 +211,7 @@ def check_instance(
     selection: Selection,
     level: str = "fast",
     used_jacobian: ResidualJacobian | None = None,
+    visible: np.ndarray | None = None,
 ) -> CheckReport:
     """Run the checks on one instance and compose its warnings (not emitted here)."""
     if level not in CHECK_LEVELS:
@@ -219,7 +235,7 @@ def check_instance(
             f"gradient uses the '{selection}' selection of a set-valued conservative Jacobian",
         ))
 
-    inst = _Instance(residual, z, program, A_pattern, P_pattern)
+    inst = _Instance(residual, z, program, A_pattern, P_pattern, visible)
     N = residual.n + residual.m
     checks: list[SelectionCheck] = []
     if N <= DIRECT_MAX_SIZE or level == "full":

@@ -94,7 +94,7 @@ def diagnose(
     checks_out = [
         {"selection": c.selection, "sigma_min_rel": c.sigma_min, "nullity": c.nullity,
          "output_weight": c.output_weight, "parameter_weight": c.parameter_weight,
-         "nonunique": c.nonunique}
+         "nonunique": c.nonunique, "decoupled": c.decoupled}
         for c in report.selections
     ]
     warn_list = [{"category": w.category.__name__, "message": str(w.message)}
@@ -182,6 +182,8 @@ def format_report(d: dict) -> str:
             f"invertible  selection '{c['selection']}': σ_min/σ_max ≈ {c['sigma_min_rel']:.1e}, "
             f"null space dim {c['nullity']}, weight on outputs {c['output_weight']:.1e}, "
             f"on the gradient {c['parameter_weight']:.1e}"
+            + (f" ({c['decoupled']} coordinates decoupled from the outputs set aside)"
+               if c.get("decoupled") else "")
             + (", NOT UNIQUE" if c["nonunique"] else "")
         )
     lines.append("sensitivity d(optimal value)/d(data), largest entries:")

@@ -69,8 +69,12 @@ class SolutionDerivative:
         A_pattern: Pattern,
         P_pattern: Pattern | None,
         method: str = "auto",
+        visible: np.ndarray | None = None,
     ) -> None:
         self.U = jacobian
+        # Coordinates of z the caller reads (the requested outputs): solves may skip
+        # the blocks of U decoupled from them (ResidualJacobian.solve).
+        self.visible = visible
         self.x, self.y, self.s = x, y, s
         self.A_pattern, self.P_pattern = A_pattern, P_pattern
         self.n, self.m = x.size, y.size
@@ -90,7 +94,7 @@ class SolutionDerivative:
             top = top + self.P_pattern.matvec(dP_values, self.x)
         bottom = db - self.A_pattern.matvec(dA_values, self.x)
         dz, self.last_solve = self.U.solve(
-            -np.concatenate([top, bottom]), method=self.method
+            -np.concatenate([top, bottom]), method=self.method, visible=self.visible
         )
         du, dv = dz[: self.n], dz[self.n :]
         dy = self.U.J.matvec(dv)
@@ -101,5 +105,7 @@ class SolutionDerivative:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         """(Ā values, b̄, c̄, P̄ values) for the gradient (x̄, ȳ, s̄) on the solution."""
         g = np.concatenate([dx, self.U.J.matvec(dy + ds) - ds])
-        r, self.last_solve = self.U.solve(g, transpose=True, method=self.method)
+        r, self.last_solve = self.U.solve(
+            g, transpose=True, method=self.method, visible=self.visible
+        )
         return data_cotangent(r, self.x, self.y, self.A_pattern, self.P_pattern)

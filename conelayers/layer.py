@@ -19,13 +19,14 @@ import numpy as np
 import canonicalize
 import conelayers
 from canonicalize import CanonicalizationError, ParametricConeProgram, compile_problem
-from conelayers._threads import single_threaded_blas
+from conelayers._threads import map_batch, single_threaded_blas
 from conelayers.checks import (
     CHECK_LEVELS,
     CheckReport,
     check_instance,
     failed_report,
     inaccuracy_message,
+    visible_coordinates,
 )
 from conelayers.cones import ProductCone, Selection
 from conelayers.derivative import Pattern, SolutionDerivative
@@ -41,7 +42,7 @@ from conelayers.exceptions import (
 )
 from conelayers.linsolve import FactorizationHints
 from conelayers.refine import refine_solution
-from conelayers.residual import ResidualMap, kink_tolerance
+from conelayers.residual import ResidualJacobian, ResidualMap, kink_tolerance
 from conelayers.solvers.scs import (
     ConeProgram,
     ConeSolution,
@@ -135,9 +136,11 @@ class ForwardResult:
     points: list[np.ndarray]  # z = (x, y − s) per instance, after refinement
     A_pattern: Pattern
     P_pattern: Pattern | None
+    visible: np.ndarray | None = None  # coordinates of z the outputs read
     selection: Selection = "lower"
     method: str = "auto"
     checks: str = "fast"
+    n_jobs: int | None = None  # threads over the batch (None: one per core)
     _derivatives: dict = field(default_factory=dict)
     reports: list[CheckReport] | None = None
     theta: np.ndarray | None = None  # (p, B), as passed to the cone programs
@@ -157,21 +160,26 @@ class ForwardResult:
                     z, selection=self.selection, kink_tol=kink_tolerance(residual, z)
                 )
             self._derivatives[k] = SolutionDerivative(
-                jac, x, y, s, self.A_pattern, self.P_pattern, self.method
+                jac, x, y, s, self.A_pattern, self.P_pattern, self.method, self.visible
             )
         return self._derivatives[k]
 
     def check(self, program: ParametricConeProgram) -> list[CheckReport]:
         """Run the trust checks on every instance (once) and emit their warnings."""
         if self.reports is None:
-            self.reports = [
-                failed_report(k, self.solutions[k]) if k in self.failed else check_instance(
+
+            def report(k: int) -> CheckReport:
+                if k in self.failed:
+                    return failed_report(k, self.solutions[k])
+                return check_instance(
                     k, self.residuals[k], self.points[k], program, self.A_pattern,
                     self.P_pattern, self.solutions[k], self.selection, self.checks,
                     used_jacobian=self.derivative(k).U if self.checks != "off" else None,
+                    visible=self.visible,
                 )
-                for k in range(len(self.solutions))
-            ]
+
+            # Warnings are composed in the threads and emitted here, in order.
+            self.reports = map_batch(report, len(self.solutions), self.n_jobs)
             level = user_stacklevel()
             for report in self.reports:
                 for category, message in report.warnings:
@@ -233,6 +241,7 @@ class LayerCore:
         if self.program.P is not None:
             P_rows, P_cols = self.program.P.row_col()
             self.P_pattern = Pattern(P_rows, P_cols, self.program.P.shape)
+        self.visible = visible_coordinates(self.program)
 
     # -- inputs -------------------------------------------------------------------------
     def parameter_values(
@@ -363,21 +372,28 @@ class LayerCore:
 
         refine = own.get("refine", True)
         selection: Selection = own.get("selection", "lower")
-        xs, ys, residuals, points, jacobians = [], [], [], [], []
-        for k, (prog, sol) in enumerate(zip(programs, solutions)):
-            residual = ResidualMap(prog, self.cone, self.factor_hints)
-            jac = None
+        residuals = [ResidualMap(p, self.cone, self.factor_hints) for p in programs]
+
+        def settle(k: int) -> tuple[np.ndarray, ResidualJacobian | None]:
+            """The point z of instance k (refined unless asked not to) and the factorized
+            Jacobian refinement left there, if any."""
+            residual, sol = residuals[k], solutions[k]
             if k in failed:  # NaN outputs; zero gradients (see _vjp)
-                z = np.full(prog.A.shape[0] + prog.A.shape[1], np.nan)
-            elif refine:
-                z, jac = refine_solution(residual, sol, settings, selection)
-            else:
-                z = residual.z_from_solution(sol.x, sol.y, sol.s)
+                return np.full(residual.n + residual.m, np.nan), None
+            if refine:
+                return refine_solution(residual, sol, settings, selection)
+            return residual.z_from_solution(sol.x, sol.y, sol.s), None
+
+        # Refinement is mostly factorizations and products that release the GIL
+        # (SuperLU, LAPACK, SciPy sparse), so threads over the batch run in parallel.
+        settled = map_batch(settle, len(programs), own.get("n_jobs"))
+        xs, ys, points, jacobians = [], [], [], []
+        for k, (z, jac) in enumerate(settled):
+            residual, sol = residuals[k], solutions[k]
             jacobians.append(jac)
             x, y, _s = residual.solution_from_z(z)
             xs.append(x)
             ys.append(y)
-            residuals.append(residual)
             points.append(z)
             message = None
             if k not in failed:
@@ -400,9 +416,11 @@ class LayerCore:
             points=points,
             A_pattern=self.A_pattern,
             P_pattern=self.P_pattern,
+            visible=self.visible,
             selection=selection,
             method=own.get("linear_solver_method", "auto"),
             checks=own.get("checks", self.checks),
+            n_jobs=own.get("n_jobs"),
             theta=theta,
             failed=failed,
             _jacobians=jacobians,
@@ -463,9 +481,10 @@ class LayerCore:
         result.check(prog)
         B = len(result.solutions)
         theta_bar = np.zeros((prog.num_theta, B))
-        for k in range(B):
+
+        def gradient(k: int) -> None:
             if k in result.failed:
-                continue  # zero gradient, announced by the forward's warning
+                return  # zero gradient, announced by the forward's warning
             xbar = np.zeros(prog.n)
             ybar = np.zeros(prog.m)
             for rec, g, out in zip(prog.recoveries, output_grads, result._outputs):
@@ -480,9 +499,11 @@ class LayerCore:
                 else:
                     ybar += rec.adjoint(flat)
             if not (xbar.any() or ybar.any()):
-                continue
+                return
             A_bar, b_bar, c_bar, P_bar = result.derivative(k).vjp(xbar, ybar, np.zeros(prog.m))
             theta_bar[:, k] = prog.data_adjoint(A_bar, b_bar, c_bar, P_bar)
+
+        map_batch(gradient, B, result.n_jobs)
         divide_by_log_values(theta_bar, prog, result.theta)
         return self._split_theta(theta_bar, result.batched_inputs)
 

@@ -27,6 +27,7 @@ import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
+from scipy.sparse import csgraph
 
 SINGULAR_RTOL = 1e-10
 """σ/‖U‖ below which a direction counts as in the numerical null space."""
@@ -50,6 +51,19 @@ def estimate_norm(U: sp.spmatrix | np.ndarray, iterations: int = 8, seed: int = 
             return 0.0
         x = U.T @ y
     return sigma
+
+
+def coupled_coordinates(U: sp.spmatrix | np.ndarray, visible: np.ndarray) -> np.ndarray:
+    """Mask of the coordinates in the connected components of U's sparsity graph that
+    hold a ``visible`` coordinate.
+
+    After a permutation U is block diagonal over its components, so a solve whose right
+    side lives on these coordinates has its (minimum-norm) solution there too, and what
+    happens in the other blocks (a non-unique auxiliary variable, say) cannot reach the
+    visible coordinates."""
+    pattern = sp.csr_matrix(U, dtype=bool) if not sp.issparse(U) else abs(sp.csr_matrix(U))
+    _, labels = csgraph.connected_components(pattern + pattern.T, directed=False)
+    return np.isin(labels, np.unique(labels[visible]))
 
 
 @dataclass
@@ -208,7 +222,9 @@ class NullSpaceLU:
     def pivot_ratio(self) -> float:
         """min |u_ii| / max |u_ii| of the LU: a free (rough) indicator of conditioning."""
         pivots = self._lu.pivots
-        return float(pivots.min(initial=0.0) / max(pivots.max(initial=0.0), 1e-300))
+        if pivots.size == 0:
+            return 1.0
+        return float(pivots.min() / max(pivots.max(), 1e-300))
 
     @property
     def analyzed(self) -> bool:
@@ -256,6 +272,11 @@ class NullSpaceLU:
                 break
             w, res, norm = w_new, res_new, norm_new
         return w
+
+    def solve_factor(self, rhs: np.ndarray, transpose: bool = False) -> np.ndarray:
+        """One solve with the (possibly shifted) LU, unrefined: the preconditioner step
+        when this factorization stands in for a nearby matrix."""
+        return self._lu.solve(rhs, transpose)
 
     def solve_unanalyzed(self, rhs: np.ndarray) -> np.ndarray:
         """A solution of U w = rhs from the LU alone (iteratively refined against U),

@@ -72,10 +72,11 @@ def refine_solution(
 def _reusable(
     residual: ResidualMap, z: np.ndarray, info: RefinementInfo, selection: Selection
 ) -> ResidualJacobian | None:
-    """The last Newton Jacobian, if its cone Jacobian is (numerically) the one at the
-    refined point with the derivative's kink tolerance: always when the point barely
-    moved, and on piecewise-linear pieces (LP/QP active sets) whenever the active set
-    did not change, however far Newton moved."""
+    """The Jacobian for the derivative at the refined point z, reusing the last Newton
+    LU: that Jacobian itself if its cone Jacobian is (numerically) the one at z with the
+    derivative's kink tolerance (always when the point barely moved, and on
+    piecewise-linear pieces whenever the active set did not change), else the one at z
+    with that LU as preconditioner."""
     jac = info.jacobian
     if jac is None or not jac.factorized:
         return None
@@ -87,4 +88,10 @@ def _reusable(
     )
     probe = np.random.default_rng(0).standard_normal((residual.m, 2))
     diff = np.linalg.norm(J_final.matmat(probe) - jac.J.matmat(probe))
-    return jac if diff <= 1e-12 * np.linalg.norm(probe) else None
+    if diff <= 1e-12 * np.linalg.norm(probe):
+        return jac
+    # J moved (a curved cone after a Newton step): the Jacobian at z itself, whose
+    # solves refine against it with the Newton LU as preconditioner.
+    return ResidualJacobian(
+        residual.program, J_final, residual.ops, preconditioner=jac.factorization()
+    )

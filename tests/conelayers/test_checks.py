@@ -113,8 +113,17 @@ def test_ball_interior_point_is_silent():
     result, (gp,) = _no_trust_warning(core, [p])
     np.testing.assert_allclose(result.outputs[0][0], p, atol=1e-10)
     np.testing.assert_allclose(gp, np.ones(5), atol=1e-9)
+    # U itself is singular (SVD of the dense matrix) ...
+    U = result.derivative(0).U.todense()
+    sv = np.linalg.svd(U, compute_uv=False)
+    assert sv[-1] < 1e-10 * sv[0]
+    # ... in a block the outputs never see, which the checks set aside: the part
+    # coupled to x is regular (or its null space has no weight on x).
     check = result.reports[0].selections[0]
-    assert check.nullity >= 1 and check.output_weight < 1e-8
+    assert check.decoupled >= 1 and check.nullity == 0
+    assert check.output_weight < 1e-8 and check.parameter_weight < 1e-8
+    # The coupled part's pivot ratio bounds its conditioning away from singular.
+    assert 1e-8 < check.sigma_min <= 1.0
 
 
 def test_ball_sphere_point_is_only_nonsmooth():

@@ -99,3 +99,12 @@ def test_hints_remember_ordering_and_singularity():
     R = _random_sparse(30, 30, seed=5)
     w2, _ = NullSpaceLU(sp.csc_matrix(R), hints=hints).solve(rhs)
     np.testing.assert_allclose(w2, np.linalg.solve(R, rhs), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["dense", "sparse"])
+def test_pivot_ratio_of_a_diagonal_matrix(kind):
+    """The LU of diag(d) has the pivots d: the ratio is min |d| / max |d|."""
+    d = np.array([4.0, -0.5, 2.0, 1e-3, 3.0])
+    lu = NullSpaceLU(_as(kind, np.diag(d)))
+    assert lu.tiny_pivots == 0
+    assert lu.pivot_ratio == pytest.approx(1e-3 / 4.0, rel=1e-12)

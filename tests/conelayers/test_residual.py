@@ -1,0 +1,150 @@
+"""The residual map's Jacobian solves: preconditioned by a nearby LU, restricted to the
+coordinates coupled to the outputs, and the chord steps of Newton refinement. Every
+answer is compared with a dense solve of the same U (NumPy's lstsq / pinv)."""
+
+from __future__ import annotations
+
+import cvxpy as cp
+import numpy as np
+import pytest
+
+import conelayers.linsolve as linsolve
+from conelayers.checks import visible_coordinates
+from conelayers.layer import LayerCore
+from conelayers.refine import refine_solution
+from conelayers.residual import PRECONDITIONED_RTOL, ResidualMap, newton_refine
+from conelayers.solvers.scs import solve
+
+
+def _socp_core(n: int = 30, k: int = 4, cones: int = 20, seed: int = 0) -> LayerCore:
+    """min cᵀx s.t. ‖A_i x + b_i‖ ≤ 1, ‖x‖ ≤ 2 (curved cones: J moves with z)."""
+    rng = np.random.default_rng(seed)
+    c = cp.Parameter(n, name="c")
+    x = cp.Variable(n, name="x")
+    # cp.SOC directly: no epigraph variables (whose non-uniqueness would make U
+    # singular, see the ball test below).
+    cons = [cp.SOC(cp.Constant(2.0), x)]
+    for _ in range(cones):
+        cons.append(cp.SOC(cp.Constant(3.0), rng.standard_normal((k, n)) @ x
+                           + rng.standard_normal(k)))
+    return LayerCore(cp.Problem(cp.Minimize(c @ x), cons), [c], [x])
+
+
+def _solved(core: LayerCore, value: np.ndarray, eps: float = 1e-4):
+    theta, _, _ = core.parameter_values([value])
+    program = core.instances(theta)[0]
+    residual = ResidualMap(program, core.cone)
+    sol = solve(program, {"eps_abs": eps, "eps_rel": eps, "verbose": False})
+    return residual, residual.z_from_solution(sol.x, sol.y, sol.s), sol
+
+
+@pytest.fixture(scope="module")
+def socp():
+    core = _socp_core()
+    c = np.random.default_rng(1).standard_normal(30)
+    residual, z_scs, _ = _solved(core, c)
+    z, _ = newton_refine(residual, z_scs)
+    # A point 1e-3 away, as a rough solver answer would be: its J differs from z's.
+    z0 = z + 1e-3 * np.random.default_rng(8).standard_normal(z.size)
+    return core, residual, z0, z
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_preconditioned_solve_matches_dense(socp, transpose):
+    """U at the refined point, solved with the LU of U at the SCS point (1e-4 away)."""
+    _, residual, z0, z = socp
+    near = residual.jacobian(z0)
+    jac = residual.jacobian(z)
+    jac_pc = type(jac)(residual.program, jac.J, residual.ops, near.factorization())
+    assert jac_pc.preconditioner is not None
+    # ‖I − M⁻¹U‖: the nearby LU is a good preconditioner, and not U's own LU.
+    assert 1e-8 < jac_pc.contraction() < 0.5
+    rhs = np.random.default_rng(2).standard_normal(jac.size)
+    w, info = jac_pc.solve(rhs, transpose=transpose)
+    U = jac.todense()
+    ref = np.linalg.solve(U.T if transpose else U, rhs)
+    assert info.method == "preconditioned" and info.relative_residual <= PRECONDITIONED_RTOL
+    assert not jac_pc.factorized  # no factorization of U itself was needed
+    np.testing.assert_allclose(w, ref, rtol=1e-9, atol=1e-9 * np.abs(ref).max())
+
+
+def test_far_preconditioner_falls_back_to_own_lu(socp):
+    """A preconditioner from an unrelated point does not contract: U is factorized."""
+    core, residual, _, z = socp
+    other_res, other_z0, _ = _solved(core, np.random.default_rng(7).standard_normal(30))
+    far = ResidualMap(residual.program, core.cone).jacobian(other_z0)
+    jac = residual.jacobian(z)
+    jac_pc = type(jac)(residual.program, jac.J, residual.ops, far.factorization())
+    rhs = np.random.default_rng(3).standard_normal(jac.size)
+    w, info = jac_pc.solve(rhs)
+    np.testing.assert_allclose(jac.matvec(w), rhs, atol=1e-10 * np.abs(rhs).max())
+    if jac_pc.contraction() > 0.5:
+        assert info.method == "direct" and jac_pc.factorized
+
+
+def test_chord_refinement_factorizes_once(monkeypatch):
+    """From a rough SCS point on curved cones, Newton needs the Jacobian once: later
+    steps reuse its LU (chord steps), and the derivative's Jacobian at the refined point
+    is solved with that LU as preconditioner, to the same answer as a dense solve."""
+    core = _socp_core(seed=3)
+    residual, z0, sol = _solved(core, np.random.default_rng(4).standard_normal(30), 1e-3)
+    count = {"lu": 0}
+    original = linsolve.NullSpaceLU.__init__
+
+    def counting(self, *args, **kwargs):
+        count["lu"] += 1
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(linsolve.NullSpaceLU, "__init__", counting)
+    scale = 1 + np.linalg.norm(residual.program.b) + np.linalg.norm(residual.program.c)
+    z, info = newton_refine(residual, z0)
+    assert np.linalg.norm(residual(z)) <= 1e-11 * scale
+    assert info.steps >= 2 and count["lu"] == 1
+    count["lu"] = 0
+    z, jac = refine_solution(residual, sol, {"eps_abs": 1e-3, "eps_rel": 1e-3})
+    assert jac.preconditioner is not None and not jac.factorized
+    rhs = np.random.default_rng(5).standard_normal(jac.size)
+    w, info = jac.solve(rhs, transpose=True)
+    assert info.method == "preconditioned"
+    ref = np.linalg.solve(residual.jacobian(z).todense().T, rhs)
+    np.testing.assert_allclose(w, ref, atol=1e-9 * np.abs(ref).max())
+    assert count["lu"] == 1
+
+
+def _ball_core() -> LayerCore:
+    p = cp.Parameter(5, name="p")
+    x = cp.Variable(5, name="x")
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(x - p)), [cp.norm(x) <= 2])
+    return LayerCore(prob, [p], [x])
+
+
+@pytest.mark.parametrize("transpose", [True, False])
+def test_coupled_solve_is_the_minimum_norm_solution(transpose):
+    """Projection onto a ball from inside: the epigraph variable of ‖x‖ is not unique,
+    so U is singular, in a block decoupled from x. A right side supported on the
+    coupled coordinates is solved there alone, and the answer is the minimum-norm
+    solution of the whole system (pinv); a right side reaching the decoupled block
+    takes the full solve, with the same minimum-norm answer."""
+    core = _ball_core()
+    residual, z0, _ = _solved(core, np.array([0.3, -0.2, 0.5, 0.1, 0.0]))
+    z, _ = newton_refine(residual, z0)
+    jac = residual.jacobian(z)
+    U = jac.todense()
+    s = np.linalg.svd(U, compute_uv=False)
+    assert s[-1] < 1e-10 * s[0]  # singular
+    visible = visible_coordinates(core.program)
+    mask, _ = jac.coupled_factorization(visible)
+    assert mask is not None and mask[visible].all() and not mask.all()
+    pinv = np.linalg.pinv(U.T if transpose else U)
+    rng = np.random.default_rng(6)
+    inside = np.where(mask, rng.standard_normal(jac.size), 0.0)
+    # A consistent right side on the coupled coordinates: the image of a vector there.
+    apply = jac.rmatvec if transpose else jac.matvec
+    rhs = apply(inside)
+    assert not np.any(rhs[~mask])
+    w, _ = jac.solve(rhs, transpose=transpose, visible=visible)
+    np.testing.assert_allclose(w, pinv @ rhs, atol=1e-9 * np.abs(pinv @ rhs).max())
+    assert not np.any(w[~mask])
+    spread = apply(rng.standard_normal(jac.size))  # consistent, reaches every block
+    w, _ = jac.solve(spread, transpose=transpose, visible=visible)
+    np.testing.assert_allclose(w, pinv @ spread, atol=1e-8 * np.abs(pinv @ spread).max())
