@@ -149,19 +149,20 @@ class _Instance:
         return False
 
     def check_selection(self, jac: ResidualJacobian, name: str, level: str) -> SelectionCheck:
-        if level == "fast":
-            lu = jac.regularity_factorization()
-            if lu.tiny_pivots == 0 and not lu.analyzed:
-                # No tiny pivot: U is numerically regular; the fast level skips the
-                # inverse iteration and reports the LU's pivot ratio as σ_min/σ_max
-                # proxy (of a contracting preconditioner's LU where U has none itself).
-                return SelectionCheck(name, jac.size, lu.pivot_ratio, 0, 0.0, 0.0, False)
+        pre = jac.certifying_preconditioner() if level == "fast" else None
+        if pre is not None:
+            # A nearby LU without tiny pivots that contracts: U is regular (see
+            # ResidualJacobian.certifying_preconditioner); its pivot ratio is the proxy.
+            return SelectionCheck(name, jac.size, pre.pivot_ratio, 0, 0.0, 0.0, False)
         # A singular block of U that shares no equation or unknown with the outputs
         # (an auxiliary variable no constraint ties to them) cannot affect their
         # derivative: judge U on the coordinates coupled to the outputs only.
         mask, lu = jac.coupled_factorization(self.visible)
         decoupled = int(mask.size - np.count_nonzero(mask)) if mask is not None else 0
         if level == "fast" and lu.tiny_pivots == 0 and not lu.analyzed:
+            # No tiny pivot: U (its coupled part) is numerically regular; the fast level
+            # skips the inverse iteration and reports the LU's pivot ratio as the
+            # σ_min/σ_max proxy.
             return SelectionCheck(
                 name, jac.size, lu.pivot_ratio, 0, 0.0, 0.0, False, decoupled
             )

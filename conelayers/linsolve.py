@@ -61,8 +61,9 @@ def coupled_coordinates(U: sp.spmatrix | np.ndarray, visible: np.ndarray) -> np.
     side lives on these coordinates has its (minimum-norm) solution there too, and what
     happens in the other blocks (a non-unique auxiliary variable, say) cannot reach the
     visible coordinates."""
-    pattern = sp.csr_matrix(U, dtype=bool) if not sp.issparse(U) else abs(sp.csr_matrix(U))
-    _, labels = csgraph.connected_components(pattern + pattern.T, directed=False)
+    # Weak components of the directed graph of U = components of the pattern of U + Uᵀ.
+    graph = U if sp.issparse(U) else sp.csr_matrix(U)
+    _, labels = csgraph.connected_components(graph, directed=True, connection="weak")
     return np.isin(labels, np.unique(labels[visible]))
 
 

@@ -137,6 +137,7 @@ class ResidualJacobian:
         )
         self._contraction: float | None = None
         self._coupled: tuple[np.ndarray, np.ndarray | None, NullSpaceLU] | None = None
+        self._assembled: sp.csc_matrix | np.ndarray | None = None
 
     # -- products -------------------------------------------------------------------
     def matvec(self, w: np.ndarray) -> np.ndarray:
@@ -218,46 +219,54 @@ class ResidualJacobian:
             self._contraction = rho if np.isfinite(rho) else np.inf
         return self._contraction
 
-    def regularity_factorization(self) -> NullSpaceLU:
-        """A factorization whose pivots speak for U's regularity, without a new one
-        where possible: the preconditioner when it contracts (ρ ≤ 1/2, so U is within
-        a factor 2 of M in conditioning), else U's own LU."""
+    def certifying_preconditioner(self) -> NullSpaceLU | None:
+        """The preconditioner, if it contracts (ρ ≤ 1/2): then U is regular and within
+        a factor 2 of the preconditioner in conditioning, whose LU has no tiny pivot,
+        so its pivots speak for U's regularity without a factorization of U."""
         if self._lu is None and self.contraction() <= PRECONDITIONED_MAX_CONTRACTION:
             return self.preconditioner
-        return self.factorization()
+        return None
 
     def coupled_factorization(
         self, visible: np.ndarray | None
     ) -> tuple[np.ndarray | None, NullSpaceLU]:
-        """(mask, LU of U restricted to mask): the coordinates coupled to ``visible``
-        ones (see ``coupled_coordinates``), found only when U's own LU has tiny pivots
-        (a null space that may well lie in blocks the visible coordinates never see);
-        (None, U's own LU) when U is regular by its pivots or everything is coupled."""
-        lu = self.factorization()
-        if visible is None or lu.tiny_pivots == 0:
-            return None, lu
+        """(mask, LU of U restricted to mask) for the coordinates coupled to the
+        ``visible`` ones (``coupled_coordinates``): what happens in the other blocks (a
+        non-unique auxiliary variable, an inactive constraint) cannot reach them, and
+        their LU is never formed. (None, U's own LU) when everything is coupled, when
+        no mask is given, or when U is factorized already and regular."""
+        if visible is None or (self._lu is not None and self._lu.tiny_pivots == 0):
+            return None, self.factorization()
         cached = self._coupled
         if cached is not None and np.array_equal(cached[0], visible):
             return cached[1], cached[2]
-        mask = coupled_coordinates(lu.U, visible)
+        U = self._matrix()
+        mask = coupled_coordinates(U, visible)
         if mask.all():
-            out: tuple[np.ndarray | None, NullSpaceLU] = (None, lu)
+            out: tuple[np.ndarray | None, NullSpaceLU] = (None, self.factorization())
         else:
             idx = np.flatnonzero(mask)
-            sub = lu.U[np.ix_(idx, idx)] if lu.dense else lu.U[idx][:, idx]
+            dense = isinstance(U, np.ndarray)
+            sub = U[np.ix_(idx, idx)] if dense else U[idx][:, idx]
             hints = FactorizationHints(permc_spec=self.ops.hints.permc_spec)
-            out = (mask, NullSpaceLU(sub, hints=None if lu.dense else hints))
+            out = (mask, NullSpaceLU(sub, hints=None if dense else hints))
         self._coupled = (visible, *out)
         return out
 
-    def factorization(self) -> NullSpaceLU:
-        """The sparse LU of U with its numerical null spaces (computed once)."""
-        if self._lu is None:
+    def _matrix(self) -> sp.csc_matrix | np.ndarray:
+        """U assembled (dense for small U), once."""
+        if self._assembled is None:
             small = self.size <= DENSE_MAX_SIZE
-            self._lu = (
-                NullSpaceLU(self.todense()) if small
-                else NullSpaceLU(self.tosparse(), hints=self.ops.hints)
-            )
+            self._assembled = self.todense() if small else self.tosparse()
+        return self._assembled
+
+    def factorization(self) -> NullSpaceLU:
+        """The LU of U with its numerical null spaces (computed once)."""
+        if self._lu is None:
+            U = self._matrix()
+            hints = None if isinstance(U, np.ndarray) else self.ops.hints
+            self._lu = NullSpaceLU(U, hints=hints)
+            self._assembled = None  # the LU holds it
         return self._lu
 
     def solve(
