@@ -35,8 +35,8 @@ def _project_simplex(p: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture
-def always_reuse(monkeypatch):
-    """Force the workspace-reuse path and count the b/c updates it makes."""
+def update_calls(monkeypatch):
+    """Count the b/c updates the shared-workspace path makes."""
     calls = {"update": 0}
     real = scs_mod._workspace
 
@@ -51,32 +51,31 @@ def always_reuse(monkeypatch):
         def solve(self, **kw):
             return self._solver.solve(**kw)
 
-    monkeypatch.setattr(scs_mod, "_reuse_pays", lambda info: True)
     monkeypatch.setattr(scs_mod, "_workspace", lambda prog, st: Counting(real(prog, st)))
     return calls
 
 
 @pytest.mark.parametrize("n_jobs", [1, 2])
-def test_shared_workspace_matches_closed_form(always_reuse, n_jobs):
+def test_shared_workspace_matches_closed_form(update_calls, n_jobs):
     rng = np.random.default_rng(0)
     points = rng.standard_normal((8, 6))
     programs = _simplex_projection_programs(points, with_P=True)
     sols = solve_batch(programs, TIGHT, n_jobs=n_jobs)
     # Every instance after the first in each thread's chunk went through update().
-    assert always_reuse["update"] == len(programs) - n_jobs
+    assert update_calls["update"] == len(programs) - n_jobs
     for p, sol in zip(points, sols, strict=True):
         assert sol.status == "solved"
         # eps 1e-9 on a well-scaled QP: the solution to ~1e-7.
         np.testing.assert_allclose(sol.x, _project_simplex(p), atol=1e-6)
 
 
-def test_shared_workspace_matches_independent_solves(always_reuse):
+def test_shared_workspace_matches_independent_solves(update_calls):
     rng = np.random.default_rng(1)
     points = rng.standard_normal((5, 10))
     programs = _simplex_projection_programs(points, with_P=False)  # an LP over the simplex
     settings = normalize_settings(None)
     batched = solve_batch(programs, settings, n_jobs=1)
-    assert always_reuse["update"] == len(programs) - 1
+    assert update_calls["update"] == len(programs) - 1
     for prog, sol in zip(programs, batched, strict=True):
         alone = solve(prog, settings)
         assert sol.status == alone.status == "solved"
@@ -85,7 +84,7 @@ def test_shared_workspace_matches_independent_solves(always_reuse):
         assert sol.objective == pytest.approx(-(-prog.c).max(), abs=1e-3)
 
 
-def test_failed_instance_does_not_disturb_the_batch(always_reuse):
+def test_failed_instance_does_not_disturb_the_batch(update_calls):
     rng = np.random.default_rng(2)
     points = rng.standard_normal((4, 5))
     programs = _simplex_projection_programs(points, with_P=True)
