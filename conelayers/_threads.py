@@ -76,7 +76,7 @@ def map_batch(fn: Callable[[int], T], count: int, n_jobs: int | None = None) -> 
     """[fn(0), ..., fn(count − 1)] over a thread pool (for work that releases the GIL:
     SCS, SuperLU, LAPACK), in order; serial for one worker. An exception in one call
     is raised after all calls have finished."""
-    jobs = batch_workers(count, n_jobs)
+    jobs = batch_workers(count, n_jobs) if count > 1 else 1
     if jobs == 1:
         return [fn(k) for k in range(count)]
     with ThreadPoolExecutor(max_workers=jobs) as pool:

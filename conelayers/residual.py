@@ -234,7 +234,11 @@ class ResidualJacobian:
         ``visible`` ones (``coupled_coordinates``): what happens in the other blocks (a
         non-unique auxiliary variable, an inactive constraint) cannot reach them, and
         their LU is never formed. (None, U's own LU) when everything is coupled, when
-        no mask is given, or when U is factorized already and regular."""
+        no mask is given, or when U is factorized already and regular. A small (dense)
+        U is factorized first: its LAPACK LU costs less than finding the components,
+        which are then needed only if it has tiny pivots."""
+        if self._lu is None and self.size <= DENSE_MAX_SIZE:
+            self.factorization()
         if visible is None or (self._lu is not None and self._lu.tiny_pivots == 0):
             return None, self.factorization()
         cached = self._coupled

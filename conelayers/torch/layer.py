@@ -59,6 +59,17 @@ def _layer_jvp_fake(handle: int, tangents: list[torch.Tensor]) -> list[torch.Ten
             for o in holder.result.outputs]
 
 
+def _vjp_on_host(holder: _Holder, grads: list[torch.Tensor]) -> list[torch.Tensor]:
+    result: ForwardResult = holder.result
+    arrays = []
+    for g in grads:
+        arr = _to_numpy(g)
+        arrays.append(arr[None] if result.batch is None else arr)
+    param_grads = holder.core.vjp(result, arrays)
+    return [torch.as_tensor(g, dtype=dt, device=dev)
+            for g, (dt, dev) in zip(param_grads, holder.param_meta)]
+
+
 @torch.library.custom_op("conelayers::layer_vjp", mutates_args=())
 def _layer_vjp(
     handle: int, grads: list[torch.Tensor], params: list[torch.Tensor]
@@ -68,15 +79,7 @@ def _layer_vjp(
     are not read: passing them records that the gradient depends on them, so that a
     second derivative reaches ``_second_order`` and raises instead of silently
     treating the gradient as constant."""
-    holder = _JVP_CONTEXTS[handle]
-    result: ForwardResult = holder.result
-    arrays = []
-    for g in grads:
-        arr = _to_numpy(g)
-        arrays.append(arr[None] if result.batch is None else arr)
-    param_grads = holder.core.vjp(result, arrays)
-    return [torch.as_tensor(g, dtype=dt, device=dev)
-            for g, (dt, dev) in zip(param_grads, holder.param_meta)]
+    return _vjp_on_host(_JVP_CONTEXTS[handle], grads)
 
 
 @_layer_vjp.register_fake
@@ -133,17 +136,22 @@ class _LayerFunction(torch.autograd.Function):
     def backward(ctx, *grad_outputs):
         if all(g is None for g in grad_outputs):
             return (None,) * (5 + len(ctx.param_meta))
-        handle = id(ctx.holder)
-        _JVP_CONTEXTS[handle] = ctx.holder
         grads = [
             torch.zeros(o.shape[1:] if ctx.result.batch is None else o.shape,
                         dtype=ctx.dtype) if g is None else g
             for g, o in zip(grad_outputs, ctx.result.outputs)
         ]
-        # Eager autograd: pass the parameters so a second derivative raises (see
-        # _layer_vjp). Under torch.func the operator's autograd rule cannot run on
-        # wrapped tensors, so the parameters are left out there.
         wrapped = any(torch._C._functorch.is_functorch_wrapped_tensor(g) for g in grads)
+        if not wrapped and not torch.is_grad_enabled():
+            # Plain backward without create_graph: nothing can differentiate the
+            # gradient, so the core is called directly (the operator's dispatch costs
+            # more than the whole vjp of a small problem).
+            return (None, None, None, None, None, *_vjp_on_host(ctx.holder, grads))
+        handle = id(ctx.holder)
+        _JVP_CONTEXTS[handle] = ctx.holder
+        # Eager autograd with create_graph: pass the parameters so a second derivative
+        # raises (see _layer_vjp). Under torch.func the operator's autograd rule cannot
+        # run on wrapped tensors, so the parameters are left out there.
         params = [] if wrapped else list(ctx.saved_tensors)
         return (None, None, None, None, None, *_layer_vjp(handle, grads, params))
 
