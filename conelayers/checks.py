@@ -33,7 +33,6 @@ from conelayers.exceptions import (
     SingularJacobianWarning,
 )
 from conelayers.residual import (
-    DIRECT_MAX_SIZE,
     ResidualJacobian,
     ResidualMap,
     kink_tolerance,
@@ -237,9 +236,8 @@ def check_instance(
         ))
 
     inst = _Instance(residual, z, program, A_pattern, P_pattern, visible)
-    N = residual.n + residual.m
     checks: list[SelectionCheck] = []
-    if N <= DIRECT_MAX_SIZE or level == "full":
+    if residual.ops.direct or level == "full":
         jac = used_jacobian or residual.jacobian(z, selection=selection, kink_tol=tol)
         checks.append(inst.check_selection(jac, selection, level))
         if kinks:

@@ -7,13 +7,20 @@ from __future__ import annotations
 import cvxpy as cp
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 import conelayers.linsolve as linsolve
+from canonicalize.cones import ConeDims
 from conelayers.checks import visible_coordinates
 from conelayers.layer import LayerCore
 from conelayers.refine import refine_solution
-from conelayers.residual import PRECONDITIONED_RTOL, ResidualMap, newton_refine
-from conelayers.solvers.scs import solve
+from conelayers.residual import (
+    PRECONDITIONED_RTOL,
+    ResidualMap,
+    newton_refine,
+    prefers_direct,
+)
+from conelayers.solvers.scs import ConeProgram, solve
 
 
 def _socp_core(n: int = 30, k: int = 4, cones: int = 20, seed: int = 0) -> LayerCore:
@@ -148,3 +155,31 @@ def test_coupled_solve_is_the_minimum_norm_solution(transpose):
     spread = apply(rng.standard_normal(jac.size))  # consistent, reaches every block
     w, _ = jac.solve(spread, transpose=transpose, visible=visible)
     np.testing.assert_allclose(w, pinv @ spread, atol=1e-8 * np.abs(pinv @ spread).max())
+
+
+def _identity_program(m: int, dims: ConeDims) -> ConeProgram:
+    eye = sp.identity(m, format="csc")
+    return ConeProgram(A=eye, b=np.zeros(m), c=np.zeros(m), dims=dims, P=eye)
+
+
+@pytest.mark.parametrize(
+    ("dims", "direct"),
+    [
+        (ConeDims(nonneg=100), True),  # small: always direct
+        (ConeDims(zero=1000, nonneg=4000), True),  # N = 10000 but U as sparse as A
+        (ConeDims(zero=10, psd=(80,)), False),  # N = 6500 with a dense 3240² block
+        (ConeDims(nonneg=60_000), False),  # beyond the sparse-direct size limit
+    ],
+)
+def test_direct_or_lsqr_by_size_and_sparsity(dims, direct):
+    prog = _identity_program(dims.size, dims)
+    assert prefers_direct(prog) is direct
+    # What the Jacobian then uses; U = [[I, J], [−I, I − J]] is regular (Schur: I).
+    if dims.size <= 10_000:
+        residual = ResidualMap(prog)
+        z = np.random.default_rng(0).standard_normal(2 * dims.size)
+        jac = residual.jacobian(z)
+        rhs = np.random.default_rng(1).standard_normal(jac.size)
+        w, info = jac.solve(rhs)
+        assert info.method == ("direct" if direct else "lsqr")
+        np.testing.assert_allclose(jac.matvec(w), rhs, atol=1e-8 * np.abs(rhs).max())
