@@ -12,6 +12,7 @@ batch of B parameter vectors is one sparse-dense product.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import scipy.sparse as sp
@@ -86,7 +87,7 @@ class SparseDataMap:
     def nnz(self) -> int:
         return int(self.indices.size)
 
-    @property
+    @cached_property
     def is_constant(self) -> bool:
         """True when no parameter enters (only the last column of the map is used)."""
         return self.values_map[:, :-1].count_nonzero() == 0
@@ -166,7 +167,7 @@ class ParametricConeProgram:
 
     def data_adjoint(
         self,
-        A_values_bar: np.ndarray,
+        A_values_bar: np.ndarray | None,
         b_bar: np.ndarray,
         c_bar: np.ndarray,
         P_values_bar: np.ndarray | None = None,
@@ -174,8 +175,9 @@ class ParametricConeProgram:
     ) -> np.ndarray:
         """θ̄ from the gradients on the data (each of shape (·,) or (·, B)): the adjoint of
         ``data``, without the constant's row."""
-        theta_bar = self.A.values_map.T @ A_values_bar
-        theta_bar = theta_bar + self.b_map.T @ b_bar + self.c_map.T @ c_bar
+        theta_bar = self.b_map.T @ b_bar + self.c_map.T @ c_bar
+        if A_values_bar is not None:  # None: A is constant, nothing to pass back
+            theta_bar = theta_bar + self.A.values_map.T @ A_values_bar
         if P_values_bar is not None and self.P is not None:
             theta_bar = theta_bar + self.P.values_map.T @ P_values_bar
         if offset_bar is not None:

@@ -46,13 +46,20 @@ class Pattern:
 
 
 def data_cotangent(
-    r: np.ndarray, x: np.ndarray, y: np.ndarray, A_pattern: Pattern, P_pattern: Pattern | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    r: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    A_pattern: Pattern | None,
+    P_pattern: Pattern | None,
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray | None]:
     """−(∂N/∂data)ᵀ r as (Ā values, b̄, c̄, P̄ values): Ā = r_v xᵀ − y r_uᵀ, b̄ = −r_v,
-    c̄ = −r_u, P̄ = −r_u xᵀ on the stored patterns (n = x.size splits r). ``r`` may hold
-    several vectors as columns; each output then has one column per vector."""
+    c̄ = −r_u, P̄ = −r_u xᵀ on the stored patterns (n = x.size splits r); Ā (P̄) is None
+    without a pattern (a constant matrix: no parameter to pass it back to). ``r`` may
+    hold several vectors as columns; each output then has one column per vector."""
     ru, rv = r[: x.size], r[x.size :]
-    A_bar = A_pattern.outer(rv, x) - A_pattern.outer(y, ru)
+    A_bar = None
+    if A_pattern is not None:
+        A_bar = A_pattern.outer(rv, x) - A_pattern.outer(y, ru)
     P_bar = -P_pattern.outer(ru, x) if P_pattern is not None else None
     return A_bar, -rv, -ru, P_bar
 
@@ -70,11 +77,14 @@ class SolutionDerivative:
         P_pattern: Pattern | None,
         method: str = "auto",
         visible: np.ndarray | None = None,
+        constant: tuple[bool, bool] = (False, False),
     ) -> None:
         self.U = jacobian
         # Coordinates of z the caller reads (the requested outputs): solves may skip
         # the blocks of U decoupled from them (ResidualJacobian.solve).
         self.visible = visible
+        # (A, P) constant in the parameters: the vjp skips their cotangents.
+        self.constant = constant
         self.x, self.y, self.s = x, y, s
         self.A_pattern, self.P_pattern = A_pattern, P_pattern
         self.n, self.m = x.size, y.size
@@ -108,4 +118,6 @@ class SolutionDerivative:
         r, self.last_solve = self.U.solve(
             g, transpose=True, method=self.method, visible=self.visible
         )
-        return data_cotangent(r, self.x, self.y, self.A_pattern, self.P_pattern)
+        A_pattern = None if self.constant[0] else self.A_pattern
+        P_pattern = None if self.constant[1] else self.P_pattern
+        return data_cotangent(r, self.x, self.y, A_pattern, P_pattern)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import cvxpy as cp
 import numpy as np
+import scipy.sparse as sp
 
 import canonicalize
 import conelayers
@@ -137,6 +138,7 @@ class ForwardResult:
     A_pattern: Pattern
     P_pattern: Pattern | None
     visible: np.ndarray | None = None  # coordinates of z the outputs read
+    constant: tuple[bool, bool] = (False, False)  # A, P free of parameters
     selection: Selection = "lower"
     method: str = "auto"
     checks: str = "fast"
@@ -160,7 +162,8 @@ class ForwardResult:
                     z, selection=self.selection, kink_tol=kink_tolerance(residual, z)
                 )
             self._derivatives[k] = SolutionDerivative(
-                jac, x, y, s, self.A_pattern, self.P_pattern, self.method, self.visible
+                jac, x, y, s, self.A_pattern, self.P_pattern, self.method, self.visible,
+                self.constant,
             )
         return self._derivatives[k]
 
@@ -242,6 +245,9 @@ class LayerCore:
             P_rows, P_cols = self.program.P.row_col()
             self.P_pattern = Pattern(P_rows, P_cols, self.program.P.shape)
         self.visible = visible_coordinates(self.program)
+        P_map = self.program.P
+        self.constant = (self.program.A.is_constant, P_map is None or P_map.is_constant)
+        self._constant_matrices: dict[str, sp.csc_matrix] = {}
 
     # -- inputs -------------------------------------------------------------------------
     def parameter_values(
@@ -331,21 +337,30 @@ class LayerCore:
     def instances(self, theta: np.ndarray) -> list[ConeProgram]:
         """The cone program of each column of θ (matrices shared when constant)."""
         prog = self.program
-        data = prog.data(theta)
         B = theta.shape[1]
-        A_const = prog.A.is_constant
-        P_const = prog.P is None or prog.P.is_constant
-        A0 = prog.A.matrix(data["A_values"][:, 0]) if A_const else None
+        tt = prog.theta_tilde(theta)
+        b, c = prog.b_map @ tt, prog.c_map @ tt
+        A_const, P_const = self.constant
+        # Constant matrices are built once per layer (and shared by every instance and
+        # call: the solvers only read them); varying ones from the values of each column.
+        if A_const:
+            A0 = self._constant_matrices.get("A")
+            if A0 is None:
+                A0 = self._constant_matrices["A"] = prog.A.matrix(prog.A.values(tt[:, 0]))
+        else:
+            A_values = prog.A.values(tt)
         P0 = None
         if prog.P is not None and P_const:
-            P0 = prog.P.matrix(data["P_values"][:, 0])
+            P0 = self._constant_matrices.get("P")
+            if P0 is None:
+                P0 = self._constant_matrices["P"] = prog.P.matrix(prog.P.values(tt[:, 0]))
+        elif prog.P is not None:
+            P_values = prog.P.values(tt)
         out = []
         for k in range(B):
-            A = A0 if A_const else prog.A.matrix(data["A_values"][:, k])
-            P = P0 if P_const else prog.P.matrix(data["P_values"][:, k])
-            out.append(
-                ConeProgram(A=A, b=data["b"][:, k], c=data["c"][:, k], dims=prog.dims, P=P)
-            )
+            A = A0 if A_const else prog.A.matrix(A_values[:, k])
+            P = P0 if P_const else prog.P.matrix(P_values[:, k])
+            out.append(ConeProgram(A=A, b=b[:, k], c=c[:, k], dims=prog.dims, P=P))
         return out
 
     def forward(
@@ -417,6 +432,7 @@ class LayerCore:
             A_pattern=self.A_pattern,
             P_pattern=self.P_pattern,
             visible=self.visible,
+            constant=self.constant,
             selection=selection,
             method=own.get("linear_solver_method", "auto"),
             checks=own.get("checks", self.checks),
