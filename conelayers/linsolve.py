@@ -21,7 +21,7 @@ coordinates.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.linalg as sla
@@ -85,6 +85,8 @@ class FactorizationHints:
     permc_spec: str | None = None
     plain_tries: int = 0
     plain_failures: int = 0
+    # Schur-complement fixed blocks by (A, P) (see conelayers.schur).
+    schur_blocks: dict = field(default_factory=dict, repr=False)
 
     TRIAL_S = 0.005
 

@@ -25,6 +25,7 @@ import scipy.sparse.linalg as spla
 
 from conelayers.cones import ConeJacobian, ProductCone, Selection
 from conelayers.linsolve import FactorizationHints, NullSpaceLU, coupled_coordinates
+from conelayers.schur import SchurLU, fixed_block
 from conelayers.solvers.scs import ConeProgram
 
 DIRECT_MAX_SIZE = 4000
@@ -281,6 +282,9 @@ class ResidualJacobian:
         self._coupled = (visible, *out)
         return out
 
+    def _apply(self, w: np.ndarray, transpose: bool) -> np.ndarray:
+        return self.rmatvec(w) if transpose else self.matvec(w)
+
     def _matrix(self) -> sp.csc_matrix | np.ndarray:
         """U assembled (dense for small U), once."""
         if self._assembled is None:
@@ -288,8 +292,16 @@ class ResidualJacobian:
             self._assembled = self.todense() if small else self.tosparse()
         return self._assembled
 
-    def factorization(self) -> NullSpaceLU:
-        """The LU of U with its numerical null spaces (computed once)."""
+    def factorization(self) -> NullSpaceLU | SchurLU:
+        """The LU of U with its numerical null spaces (computed once); through the
+        Schur complement on the non-zero-cone rows where that applies and U is regular
+        (``conelayers.schur``)."""
+        if self._lu is None and self.ops.direct and self.size > DENSE_MAX_SIZE:
+            fixed = fixed_block(self.program, self.ops.hints.schur_blocks)
+            if fixed is not None:
+                lu = SchurLU(fixed, self.J, self._apply, self._matrix)
+                if lu.tiny_pivots == 0:
+                    self._lu = lu
         if self._lu is None:
             U = self._matrix()
             hints = None if isinstance(U, np.ndarray) else self.ops.hints

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from itertools import pairwise
 
 import numpy as np
@@ -21,7 +22,7 @@ import scipy.sparse as sp
 
 from conelayers.cones._util import as_vector, check_selection
 from conelayers.cones.base import ConeBlock, ConeJacobian, Selection
-from conelayers.cones.svec import smat, svec, svec_size
+from conelayers.cones.svec import lower_colmajor, smat, svec, svec_size
 
 _CHUNK = 2**22
 
@@ -65,19 +66,30 @@ class PsdJacobian(ConeJacobian):
         return out
 
     def dense_blocks(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per group: (row indices (c, k), dense svec Jacobians (c, k, k))."""
+        """Per group: (row indices (c, k), dense svec Jacobians (c, k, k)).
+
+        J = Σ_p ω_p svec(B_p) svec(B_p)ᵀ over the orthonormal eigenbasis of symmetric
+        matrices, B_ii = q_i q_iᵀ and B_ij = (q_i q_jᵀ + q_j q_iᵀ)/√2 (i > j), with
+        ω_p = Ω_ij: one product R diag(ω) Rᵀ of the k×k matrix R of the svec(B_p), in
+        place of applying J to k basis vectors (sdp/medium, k = 465: 3 vs 13 ms)."""
         blocks = []
         for g in self.groups:
             c, k = g.idx.shape
             n = g.Q.shape[-1]
+            rows, cols, scale = lower_colmajor(n)  # entries (a, b) and pairs (i, j) alike
+            pair_scale = np.where(rows == cols, 0.5, 1.0 / np.sqrt(2.0))
+            weight = scale[:, None] * pair_scale[None, :]
+            same, swapped = _kron_gather(n)
             M = np.empty((c, k, k))
-            # Apply J to the svec basis in chunks, keeping intermediates near 2^22 floats.
-            step = max(1, _CHUNK // (c * n * n))
-            for start in range(0, k, step):
-                stop = min(k, start + step)
-                basis = smat(np.eye(k)[start:stop])  # (b, n, n): basis vectors as matrices
-                images = svec(_apply(g.Q[:, None], g.omega[:, None], basis[None]))  # (c, b, k)
-                M[:, :, start:stop] = np.swapaxes(images, -1, -2)  # column j = J e_j
+            step = max(1, _CHUNK // (4 * n**4))  # cones per chunk: ~2^22-float temporaries
+            for start in range(0, c, step):
+                Q = g.Q[start : start + step]
+                # kron[c, (a, b, i, j)] = Q[a, i] Q[b, j], flattened
+                kron = (Q[:, :, None, :, None] * Q[:, None, :, None, :]).reshape(Q.shape[0], -1)
+                R = kron[:, same] + kron[:, swapped]
+                R *= weight  # R[c, q, p] = svec(B_p)[q]
+                omega = g.omega[start : start + step][:, rows, cols]  # (c, p)
+                M[start : start + step] = (R * omega[:, None, :]) @ np.swapaxes(R, -1, -2)
             blocks.append((g.idx, M))
         return blocks
 
@@ -96,6 +108,15 @@ class PsdJacobian(ConeJacobian):
         return sp.coo_matrix(
             (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
         ).tocsc()
+
+
+@cache
+def _kron_gather(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices into Q⊗Q (as (a, b, i, j)) of the entries Q[a,i]Q[b,j] and
+    Q[a,j]Q[b,i] for svec entries q = (a, b) (rows) and pairs p = (i, j) (columns)."""
+    rows, cols, _ = lower_colmajor(n)
+    ab, ba = rows * n + cols, cols * n + rows
+    return ab[:, None] * (n * n) + ab[None, :], ab[:, None] * (n * n) + ba[None, :]
 
 
 def _omega(lam: np.ndarray, upper: bool, kink_tol: float) -> np.ndarray:

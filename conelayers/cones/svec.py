@@ -39,8 +39,8 @@ def order_from_svec_size(k: int) -> int:
 
 
 @cache
-def _lower_colmajor(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(rows, cols, scale) of the lower triangle in column-major order.
+def lower_colmajor(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, cols, scale) of the lower triangle in column-major order: svec's entries.
 
     Column-major lower order equals row-major upper order with the indices swapped.
     """
@@ -59,7 +59,7 @@ def svec(X: np.ndarray) -> np.ndarray:
     X = np.asarray(X, dtype=np.float64)
     if X.ndim < 2 or X.shape[-1] != X.shape[-2]:
         raise ValueError(f"expected square matrices (..., n, n), got shape {X.shape}")
-    rows, cols, scale = _lower_colmajor(X.shape[-1])
+    rows, cols, scale = lower_colmajor(X.shape[-1])
     return X[..., rows, cols] * scale
 
 
@@ -69,7 +69,7 @@ def smat(v: np.ndarray) -> np.ndarray:
     if v.ndim < 1:
         raise ValueError("expected a vector (..., n(n+1)/2), got a scalar")
     n = order_from_svec_size(v.shape[-1])
-    rows, cols, scale = _lower_colmajor(n)
+    rows, cols, scale = lower_colmajor(n)
     X = np.zeros(v.shape[:-1] + (n, n))
     vals = v / scale
     X[..., rows, cols] = vals
