@@ -248,6 +248,8 @@ class LayerCore:
         P_map = self.program.P
         self.constant = (self.program.A.is_constant, P_map is None or P_map.is_constant)
         self._constant_matrices: dict[str, sp.csc_matrix] = {}
+        # The Schur path's once-per-layer block needs A and P fixed (conelayers.schur).
+        self.factor_hints.constant_matrices = self.constant == (True, True)
 
     # -- inputs -------------------------------------------------------------------------
     def parameter_values(

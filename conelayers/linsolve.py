@@ -85,8 +85,10 @@ class FactorizationHints:
     permc_spec: str | None = None
     plain_tries: int = 0
     plain_failures: int = 0
-    # Schur-complement fixed blocks by (A, P) (see conelayers.schur).
+    # Schur-complement fixed blocks by (A, P) (see conelayers.schur): only for layers
+    # whose A and P are constant (one block, built once); off by default.
     schur_blocks: dict = field(default_factory=dict, repr=False)
+    constant_matrices: bool = False
 
     TRIAL_S = 0.005
 

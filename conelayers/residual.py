@@ -296,8 +296,12 @@ class ResidualJacobian:
         """The LU of U with its numerical null spaces (computed once); through the
         Schur complement on the non-zero-cone rows where that applies and U is regular
         (``conelayers.schur``)."""
-        if self._lu is None and self.ops.direct and self.size > DENSE_MAX_SIZE:
-            fixed = fixed_block(self.program, self.ops.hints.schur_blocks)
+        hints = self.ops.hints
+        if (
+            self._lu is None and self.ops.direct and self.size > DENSE_MAX_SIZE
+            and hints.constant_matrices
+        ):
+            fixed = fixed_block(self.program, hints.schur_blocks)
             if fixed is not None:
                 lu = SchurLU(fixed, self.J, self._apply, self._matrix)
                 if lu.tiny_pivots == 0:

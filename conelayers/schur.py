@@ -97,7 +97,10 @@ def fixed_block(program: ConeProgram, cache: dict) -> FixedBlock | None:
             block = None
         if block is not None and not block.regular:
             block = None
-        # Keep A and P alive with the entry, so their ids cannot be reused.
+        # Keep A and P alive with the entry, so their ids cannot be reused; a layer with
+        # constant A and P has one entry (bounded anyway).
+        if len(cache) >= 4:
+            cache.clear()
         cache[key] = (program.A, program.P, block)
         return block
 

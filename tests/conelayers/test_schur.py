@@ -122,3 +122,19 @@ def test_gradient_matches_finite_differences_and_the_sparse_path(monkeypatch):
         sparse_core.forward([C0], TIGHT).derivative(0).U.factorization(), NullSpaceLU
     )
     np.testing.assert_allclose(g, g_sparse, rtol=1e-9, atol=1e-11)
+
+
+def test_no_schur_block_when_a_parameter_enters_a():
+    """The fixed block is per (A, P) and built once: a layer whose A moves with the
+    parameters keeps the sparse LU (and no block is cached)."""
+    n = 12
+    a = cp.Parameter(n, pos=True, name="a")
+    X = cp.Variable((n, n), symmetric=True, name="X")
+    C = _value(n, 7)
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(X - C)),
+                      [X >> 0, cp.multiply(a, cp.diag(X)) == 1])
+    core = LayerCore(prob, [a], [X])
+    assert not core.factor_hints.constant_matrices
+    result = core.forward([np.linspace(0.5, 2.0, n)], TIGHT)
+    assert isinstance(result.derivative(0).U.factorization(), NullSpaceLU)
+    assert not core.factor_hints.schur_blocks
