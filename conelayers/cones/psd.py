@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
 from itertools import pairwise
 
 import numpy as np
@@ -23,8 +22,6 @@ import scipy.sparse as sp
 from conelayers.cones._util import as_vector, check_selection
 from conelayers.cones.base import ConeBlock, ConeJacobian, Selection
 from conelayers.cones.svec import lower_colmajor, smat, svec, svec_size
-
-_CHUNK = 2**22
 
 
 @dataclass(frozen=True)
@@ -70,26 +67,25 @@ class PsdJacobian(ConeJacobian):
 
         J = Σ_p ω_p svec(B_p) svec(B_p)ᵀ over the orthonormal eigenbasis of symmetric
         matrices, B_ii = q_i q_iᵀ and B_ij = (q_i q_jᵀ + q_j q_iᵀ)/√2 (i > j), with
-        ω_p = Ω_ij: one product R diag(ω) Rᵀ of the k×k matrix R of the svec(B_p), in
-        place of applying J to k basis vectors (sdp/medium, k = 465: 3 vs 13 ms)."""
+        ω_p = Ω_ij ∈ [0, 1]: one product R Rᵀ with R the svec(B_p)·√ω_p over the pairs
+        with ω_p ≠ 0 (both eigenvalues negative gives 0: 231 of 465 pairs on
+        sdp/medium), in place of applying J to k basis vectors (2 vs 13 ms there)."""
         blocks = []
         for g in self.groups:
             c, k = g.idx.shape
             n = g.Q.shape[-1]
             rows, cols, scale = lower_colmajor(n)  # entries (a, b) and pairs (i, j) alike
             pair_scale = np.where(rows == cols, 0.5, 1.0 / np.sqrt(2.0))
-            weight = scale[:, None] * pair_scale[None, :]
-            same, swapped = _kron_gather(n)
             M = np.empty((c, k, k))
-            step = max(1, _CHUNK // (4 * n**4))  # cones per chunk: ~2^22-float temporaries
-            for start in range(0, c, step):
-                Q = g.Q[start : start + step]
-                # kron[c, (a, b, i, j)] = Q[a, i] Q[b, j], flattened
-                kron = (Q[:, :, None, :, None] * Q[:, None, :, None, :]).reshape(Q.shape[0], -1)
-                R = kron[:, same] + kron[:, swapped]
-                R *= weight  # R[c, q, p] = svec(B_p)[q]
-                omega = g.omega[start : start + step][:, rows, cols]  # (c, p)
-                M[start : start + step] = (R * omega[:, None, :]) @ np.swapaxes(R, -1, -2)
+            for i in range(c):
+                omega = g.omega[i][rows, cols]
+                keep = np.flatnonzero(omega)
+                pi, pj = rows[keep], cols[keep]
+                Qa, Qb = g.Q[i][rows], g.Q[i][cols]  # rows a and b of Q for each entry
+                R = Qa[:, pi] * Qb[:, pj]  # R[q, p] = svec(B_p)[q]·√ω_p
+                R += Qa[:, pj] * Qb[:, pi]
+                R *= scale[:, None] * (pair_scale[keep] * np.sqrt(omega[keep]))[None, :]
+                M[i] = R @ R.T
             blocks.append((g.idx, M))
         return blocks
 
@@ -108,15 +104,6 @@ class PsdJacobian(ConeJacobian):
         return sp.coo_matrix(
             (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
         ).tocsc()
-
-
-@cache
-def _kron_gather(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Flat indices into Q⊗Q (as (a, b, i, j)) of the entries Q[a,i]Q[b,j] and
-    Q[a,j]Q[b,i] for svec entries q = (a, b) (rows) and pairs p = (i, j) (columns)."""
-    rows, cols, _ = lower_colmajor(n)
-    ab, ba = rows * n + cols, cols * n + rows
-    return ab[:, None] * (n * n) + ab[None, :], ab[:, None] * (n * n) + ba[None, :]
 
 
 def _omega(lam: np.ndarray, upper: bool, kink_tol: float) -> np.ndarray:
