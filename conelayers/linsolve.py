@@ -61,9 +61,18 @@ def coupled_coordinates(U: sp.spmatrix | np.ndarray, visible: np.ndarray) -> np.
     side lives on these coordinates has its (minimum-norm) solution there too, and what
     happens in the other blocks (a non-unique auxiliary variable, say) cannot reach the
     visible coordinates."""
+    if not sp.issparse(U):
+        # Small dense U: grow the visible set along the pattern of U + Uᵀ (a few boolean
+        # sweeps; converting to a sparse graph costs more).
+        adjacent = (U != 0) | (U.T != 0)
+        reach = np.asarray(visible, dtype=bool).copy()
+        while True:
+            grown = reach | adjacent[:, reach].any(axis=1)
+            if np.array_equal(grown, reach):
+                return reach
+            reach = grown
     # Weak components of the directed graph of U = components of the pattern of U + Uᵀ.
-    graph = U if sp.issparse(U) else sp.csr_matrix(U)
-    _, labels = csgraph.connected_components(graph, directed=True, connection="weak")
+    _, labels = csgraph.connected_components(U, directed=True, connection="weak")
     return np.isin(labels, np.unique(labels[visible]))
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from conelayers.linsolve import FactorizationHints, NullSpaceLU
+from conelayers.linsolve import FactorizationHints, NullSpaceLU, coupled_coordinates
 
 
 def _random_sparse(n: int, rank: int, seed: int) -> np.ndarray:
@@ -110,3 +110,26 @@ def test_pivot_ratio_of_a_diagonal_matrix(kind):
     lu = NullSpaceLU(_as(kind, np.diag(d)))
     assert lu.tiny_pivots == 0
     assert lu.pivot_ratio == pytest.approx(1e-3 / 4.0, rel=1e-12)
+
+
+def test_coupled_coordinates_are_the_components_holding_visible_ones():
+    """Blocks {0, 1, 2} (a chain through a one-way entry), {3, 4} and {5}: only the
+    blocks with a visible coordinate count, whatever the direction of the entries, and
+    the dense and sparse paths agree (also on random patterns)."""
+    U = np.zeros((6, 6))
+    U[0, 1] = U[2, 1] = 1.0  # 0 - 1 - 2 weakly connected
+    U[3, 4] = U[4, 3] = 2.0
+    U[5, 5] = 1.0
+    for visible, expected in [([0], [0, 1, 2]), ([2, 5], [0, 1, 2, 5]), ([4], [3, 4])]:
+        mask = np.zeros(6, dtype=bool)
+        mask[visible] = True
+        for M in (U, sp.csc_matrix(U)):
+            assert np.flatnonzero(coupled_coordinates(M, mask)).tolist() == expected
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        N = int(rng.integers(2, 40))
+        R = (rng.random((N, N)) < 0.05) * rng.standard_normal((N, N))
+        vis = rng.random(N) < 0.15
+        np.testing.assert_array_equal(
+            coupled_coordinates(R, vis), coupled_coordinates(sp.csc_matrix(R), vis)
+        )
