@@ -108,7 +108,7 @@ def diagnose(
         "cones": program.dims.describe(),
         "status": solution.status,
         "iterations": solution.iterations,
-        "objective": pf.objective_sign * sens.objective,
+        "objective": sens.objective,  # in the file's own sense (the program carries it)
         "known_optimum": pf.metadata.get("optimal_value") if pf.metadata else None,
         "residuals": {"primal": solution.primal_residual, "dual": solution.dual_residual,
                       "gap": solution.gap, "kkt_relative": report.residual},

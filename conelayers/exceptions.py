@@ -20,6 +20,10 @@ class ParameterError(ConelayersError, ValueError):
     sign); the message names the parameter."""
 
 
+class SettingsError(ConelayersError, ValueError):
+    """A ``solver_args`` entry is unknown or has an invalid value; the message names it."""
+
+
 class SolverError(ConelayersError, RuntimeError):
     """SCS did not return a solution for some instances of the batch.
 

@@ -29,7 +29,7 @@ from conelayers.checks import (
     inaccuracy_message,
     visible_coordinates,
 )
-from conelayers.cones import ProductCone, Selection
+from conelayers.cones import SELECTIONS, ProductCone, Selection
 from conelayers.derivative import Pattern, SolutionDerivative
 from conelayers.exceptions import (
     FailedInstanceWarning,
@@ -37,6 +37,7 @@ from conelayers.exceptions import (
     InfeasibleError,
     ParameterError,
     ProblemError,
+    SettingsError,
     SolverError,
     UnboundedError,
     describe_failures,
@@ -121,6 +122,27 @@ def _apply(rec, vec: np.ndarray) -> np.ndarray:
     """A recovery applied to a (len, B) batch of source vectors, with exp for DGP."""
     out = rec.apply(vec)
     return np.exp(out) if rec.exp else out
+
+
+_OWN_CHOICES = {
+    "selection": SELECTIONS,
+    "linear_solver_method": ("auto", "direct", "lsqr"),
+    "checks": CHECK_LEVELS,
+    "on_failure": ("raise", "nan"),
+}
+
+
+def _check_own_settings(own: dict) -> None:
+    """SettingsError for an invalid value of one of conelayers' own solver_args."""
+    for key, choices in _OWN_CHOICES.items():
+        if key in own and own[key] not in choices:
+            raise SettingsError(f"solver_args: {key} must be one of {choices}, got {own[key]!r}")
+    if "refine" in own and not isinstance(own["refine"], (bool, np.bool_)):
+        raise SettingsError(f"solver_args: refine must be True or False, got {own['refine']!r}")
+    jobs = own.get("n_jobs")
+    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, (int, np.integer))
+                             or jobs < 1):
+        raise SettingsError(f"solver_args: n_jobs must be a positive integer, got {jobs!r}")
 
 
 @dataclass
@@ -236,7 +258,7 @@ class LayerCore:
             raise ProblemError(str(err)) from err
         self.solver_args = dict(solver_args or {})
         if checks not in CHECK_LEVELS:
-            raise ValueError(f"checks must be one of {CHECK_LEVELS}, got {checks!r}")
+            raise SettingsError(f"checks must be one of {CHECK_LEVELS}, got {checks!r}")
         self.checks = checks
         A_rows, A_cols = self.program.A.row_col()
         self.A_pattern = Pattern(A_rows, A_cols, self.program.A.shape)
@@ -334,6 +356,7 @@ class LayerCore:
     def _settings(self, solver_args: dict | None) -> tuple[dict, dict]:
         merged = {**self.solver_args, **(solver_args or {})}
         own = {k: merged.pop(k) for k in _OWN_KEYS if k in merged}
+        _check_own_settings(own)
         return normalize_settings(merged), own
 
     def instances(self, theta: np.ndarray) -> list[ConeProgram]:
@@ -382,7 +405,7 @@ class LayerCore:
         solutions = solve_batch(programs, settings, n_jobs=own.get("n_jobs"))
         on_failure = own.get("on_failure", "raise")
         if on_failure not in ("raise", "nan"):
-            raise ValueError(f"on_failure must be 'raise' or 'nan', got {on_failure!r}")
+            raise SettingsError(f"on_failure must be 'raise' or 'nan', got {on_failure!r}")
         failed = self._handle_failures(
             solutions, on_failure, int(settings.get("max_iters", 100_000))
         )
@@ -467,9 +490,13 @@ class LayerCore:
             statuses = set(failures.values())
             text = describe_failures(failures)
             if statuses == {"infeasible"}:
-                raise InfeasibleError(f"the problem is infeasible ({text})", failures)
+                raise InfeasibleError(
+                    f"the problem is infeasible ({text}) [{details}]", failures
+                )
             if statuses == {"unbounded"}:
-                raise UnboundedError(f"the problem is unbounded ({text})", failures)
+                raise UnboundedError(
+                    f"the problem is unbounded ({text}) [{details}]", failures
+                )
             if statuses & {"infeasible_inaccurate", "unbounded_inaccurate"}:
                 raise SolverError(
                     f"SCS did not solve the problem and returned only an uncertain "

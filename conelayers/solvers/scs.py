@@ -14,6 +14,7 @@ import scipy.sparse as sp
 import scs
 
 from canonicalize.cones import ConeDims
+from conelayers.exceptions import SettingsError
 
 DEFAULT_SETTINGS: dict = {"eps_abs": 1e-4, "eps_rel": 1e-4, "max_iters": 100_000}
 """SCS 3.x's own defaults, written out: what a cvxpylayers user gets."""
@@ -64,16 +65,50 @@ class ConeSolution:
         return self.status in (SOLVED, SOLVED_INACCURATE)
 
 
+SCS_SETTINGS = frozenset({
+    "verbose", "normalize", "scale", "adaptive_scale", "rho_x", "max_iters", "eps_abs",
+    "eps_rel", "eps_infeas", "alpha", "time_limit_secs", "acceleration_lookback",
+    "acceleration_interval", "write_data_filename", "log_csv_filename",
+})
+"""The settings SCS 3.x's Python interface accepts (plus ``eps`` for both tolerances)."""
+
+
+def _check_settings(settings: dict) -> None:
+    """Raise SettingsError naming the first unknown key or invalid value."""
+    for key, value in settings.items():
+        if key not in SCS_SETTINGS:
+            raise SettingsError(
+                f"solver_args: unknown setting {key!r}; SCS accepts "
+                f"{', '.join(sorted(SCS_SETTINGS | {'eps'}))} (besides conelayers' own: "
+                "refine, selection, linear_solver_method, n_jobs, checks, on_failure)"
+            )
+        if key in ("eps_abs", "eps_rel", "eps_infeas", "scale", "rho_x", "alpha",
+                   "time_limit_secs"):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not ok or not np.isfinite(value) or value < 0:
+                raise SettingsError(
+                    f"solver_args: {key} must be a nonnegative finite number, got {value!r}"
+                )
+        if key in ("max_iters", "acceleration_lookback", "acceleration_interval"):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise SettingsError(f"solver_args: {key} must be an integer, got {value!r}")
+            if key == "max_iters" and value < 1:
+                raise SettingsError(f"solver_args: max_iters must be >= 1, got {value!r}")
+
+
 def normalize_settings(solver_args: dict | None) -> dict:
-    """Merge user settings over the defaults; ``eps`` sets both eps_abs and eps_rel."""
+    """Merge user settings over the defaults; ``eps`` sets both eps_abs and eps_rel.
+    Unknown keys and invalid values raise SettingsError."""
     settings = dict(DEFAULT_SETTINGS)
     settings["verbose"] = False
     if solver_args:
         args = dict(solver_args)
         if "eps" in args:
             eps = args.pop("eps")
-            settings["eps_abs"] = settings["eps_rel"] = eps
+            args.setdefault("eps_abs", eps)
+            args.setdefault("eps_rel", eps)
         settings.update(args)
+    _check_settings(settings)
     return settings
 
 

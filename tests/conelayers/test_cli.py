@@ -178,3 +178,31 @@ def test_warning_verdict_exits_1(tmp_path):
     f.write_text("import cvxpy as cp\nx = cp.Variable(2)\n"
                  "problem = cp.Problem(cp.Minimize(cp.sum(x)), [cp.sum(x) >= 1, x >= 0])\n")
     assert main(["diagnose", str(f), "--quiet"]) == 1
+
+
+def test_maximize_objective_in_the_files_sense(tmp_path):
+    """A Maximize problem: the reported objective is the maximum (CVXPY's value), with
+    the sensitivity in the same sense (d max / d a = x* by the envelope theorem)."""
+    f = tmp_path / "maxim.py"
+    f.write_text(
+        "import cvxpy as cp\nimport numpy as np\n"
+        "x = cp.Variable(2, name='x')\n"
+        "a = cp.Parameter(2, name='a', value=np.array([1.0, 2.0]))\n"
+        "problem = cp.Problem(cp.Maximize(a @ x - cp.sum_squares(x)), [x <= 0.3])\n"
+    )
+    x = cp.Variable(2)
+    ref = cp.Problem(cp.Maximize(np.array([1.0, 2.0]) @ x - cp.sum_squares(x)), [x <= 0.3])
+    ref.solve(solver=cp.CLARABEL)
+    d = diagnose(str(f), eps=1e-8)
+    assert d["objective"] == pytest.approx(ref.value, abs=1e-6)
+    top = {t["entry"]: t["d_objective"] for t in d["sensitivity"]["top"]}
+    np.testing.assert_allclose([top["a[0]"], top["a[1]"]], x.value, atol=1e-6)
+
+
+@pytest.mark.parametrize("args", [["--solver-arg", "foo=1"], ["--eps", "-1"],
+                                  ["--max-iters", "0"], ["--solver-arg", "eps_abs=abc"]])
+def test_bad_solver_settings_exit_2_with_one_line(args, capsys):
+    path = str(SHARED / "maros_meszaros" / "HS21.mat")
+    assert main(["diagnose", path, "--quiet", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "SettingsError" in err[0] and "solver_args" in err[0]

@@ -3,9 +3,11 @@ gradients against central finite differences, jvp against vjp."""
 
 from __future__ import annotations
 
+import cvxpy as cp
 import numpy as np
 import pytest
 
+from conelayers.exceptions import SettingsError
 from conelayers.layer import LayerCore
 from tests import zoo
 from tests.conftest import ZOO_NAMES, central_difference, random_like
@@ -90,3 +92,21 @@ def test_least_squares_gradient_matches_closed_form():
     np.testing.assert_allclose(gb, A @ u, atol=1e-9)
     np.testing.assert_allclose(gA, np.outer(b, u) - A @ (np.outer(u, x) + np.outer(x, u)),
                                atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("solver_args", "named"),
+    [({"max_iter": 10}, "max_iter"), ({"mode": "lsqr"}, "mode"),
+     ({"eps": -1.0}, "eps_abs"), ({"max_iters": 0}, "max_iters"),
+     ({"eps_rel": "abc"}, "eps_rel"), ({"on_failure": "ignore"}, "on_failure"),
+     ({"checks": "fastest"}, "checks"), ({"selection": "middle"}, "selection"),
+     ({"n_jobs": 0}, "n_jobs"), ({"refine": "yes"}, "refine")],
+)
+def test_bad_solver_args_raise_settings_error_naming_the_key(solver_args, named):
+    """Unknown keys and invalid values are a SettingsError (a ConelayersError and a
+    ValueError) naming the setting, raised before anything is solved."""
+    x = cp.Variable(2)
+    p = cp.Parameter(2)
+    core = LayerCore(cp.Problem(cp.Minimize(cp.sum_squares(x - p))), [p], [x])
+    with pytest.raises(SettingsError, match=named):
+        core.forward([np.ones(2)], solver_args)
