@@ -289,7 +289,8 @@ def inaccuracy_message(
         f"{solution.dual_residual:.2e}); residual ‖N(z)‖ = {rel:.1e} relative"
         + (" after Newton refinement" if refined else "")
         + "; values and gradients may be inaccurate: raise max_iters or adjust "
-        "eps_abs/eps_rel in solver_args"
+        "eps_abs/eps_rel in solver_args, or, if SCS stalls (residuals not falling with "
+        "more iterations), turn off its acceleration with acceleration_lookback=0"
     )
 
 

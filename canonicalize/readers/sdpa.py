@@ -203,6 +203,15 @@ def read_sdpa(path: str | Path) -> ProblemFile:
         "convention": "SDPA primal: min c'x s.t. sum_i F_i x_i - F_0 >= 0 (PSD); "
                       "objective_sign +1; the SCS dual y is svec(Y) of the SDPA dual",
     }
+    # An SDPLIB file next to SDPLIB's README: its published optimum, for comparison.
+    readme = Path(path).with_name("README.md")
+    if readme.is_file():
+        try:
+            known = sdplib_optimal_values(readme).get(Path(path).name.split(".")[0])
+        except (OSError, UnicodeDecodeError):
+            known = None
+        if isinstance(known, float):
+            meta["optimal_value"] = known
     try:
         return fixed_problem_file(
             path, "sdpa", A, b, c, dims, objective_sign=1.0, constraints=constraints,

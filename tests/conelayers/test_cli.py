@@ -36,6 +36,7 @@ def test_sdplib_objective_matches_readme(path):
     iters = 600_000 if name == "control1" else 200_000  # as in the reader tests
     report = diagnose(str(path), eps=eps, checks="fast", max_iters=iters, solver_args=extra)
     assert report["objective"] == pytest.approx(known[name], rel=1e-3)
+    assert report["known_optimum"] == known[name]  # shown next to the objective
 
 
 def _clarabel_mm(path):
