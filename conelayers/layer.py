@@ -320,7 +320,13 @@ class LayerCore:
                 )
             arr = arr.astype(np.float64)
             if not np.all(np.isfinite(arr)):
-                raise ParameterError(f"parameter '{slot.name}' contains NaN or Inf")
+                where = ""
+                if is_batched:
+                    bad = np.flatnonzero(~np.isfinite(arr.reshape(arr.shape[0], -1)).all(1))
+                    shown = ", ".join(str(int(i)) for i in bad[:5])
+                    more = f" and {bad.size - 5} more" if bad.size > 5 else ""
+                    where = f" in batch instance(s) {shown}{more}"
+                raise ParameterError(f"parameter '{slot.name}' contains NaN or Inf{where}")
             if slot.nonneg and np.any(arr < 0):
                 raise ParameterError(
                     f"parameter '{slot.name}' is declared nonneg but has negative entries "

@@ -7,7 +7,7 @@ import cvxpy as cp
 import numpy as np
 import pytest
 
-from conelayers.exceptions import SettingsError
+from conelayers.exceptions import ParameterError, SettingsError
 from conelayers.layer import LayerCore
 from tests import zoo
 from tests.conftest import ZOO_NAMES, central_difference, random_like
@@ -110,3 +110,15 @@ def test_bad_solver_args_raise_settings_error_naming_the_key(solver_args, named)
     core = LayerCore(cp.Problem(cp.Minimize(cp.sum_squares(x - p))), [p], [x])
     with pytest.raises(SettingsError, match=named):
         core.forward([np.ones(2)], solver_args)
+
+
+def test_nan_in_a_batch_names_the_instances():
+    x = cp.Variable(2)
+    p = cp.Parameter(2, name="p")
+    core = LayerCore(cp.Problem(cp.Minimize(cp.sum_squares(x - p))), [p], [x])
+    values = np.ones((4, 2))
+    values[1, 0] = np.nan
+    values[3, 1] = np.inf
+    with pytest.raises(ParameterError, match=r"parameter 'p' contains NaN or Inf in batch "
+                                             r"instance\(s\) 1, 3"):
+        core.forward([values])
