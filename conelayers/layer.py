@@ -375,16 +375,12 @@ class LayerCore:
         # Constant matrices are built once per layer (and shared by every instance and
         # call: the solvers only read them); varying ones from the values of each column.
         if A_const:
-            A0 = self._constant_matrices.get("A")
-            if A0 is None:
-                A0 = self._constant_matrices["A"] = prog.A.matrix(prog.A.values(tt[:, 0]))
+            A0 = self._constant_matrix("A", prog.A, tt)
         else:
             A_values = prog.A.values(tt)
         P0 = None
         if prog.P is not None and P_const:
-            P0 = self._constant_matrices.get("P")
-            if P0 is None:
-                P0 = self._constant_matrices["P"] = prog.P.matrix(prog.P.values(tt[:, 0]))
+            P0 = self._constant_matrix("P", prog.P, tt)
         elif prog.P is not None:
             P_values = prog.P.values(tt)
         out = []
@@ -393,6 +389,14 @@ class LayerCore:
             P = P0 if P_const else prog.P.matrix(P_values[:, k])
             out.append(ConeProgram(A=A, b=b[:, k], c=c[:, k], dims=prog.dims, P=P))
         return out
+
+    def _constant_matrix(self, key: str, data_map, theta_tilde: np.ndarray) -> sp.csc_matrix:
+        """The matrix of a map no parameter enters, built on first use."""
+        matrix = self._constant_matrices.get(key)
+        if matrix is None:
+            matrix = data_map.matrix(data_map.values(theta_tilde[:, 0]))
+            self._constant_matrices[key] = matrix
+        return matrix
 
     def forward(
         self,
@@ -409,9 +413,7 @@ class LayerCore:
         settings, own = self._settings(solver_args)
         programs = self.instances(theta)
         solutions = solve_batch(programs, settings, n_jobs=own.get("n_jobs"))
-        on_failure = own.get("on_failure", "raise")
-        if on_failure not in ("raise", "nan"):
-            raise SettingsError(f"on_failure must be 'raise' or 'nan', got {on_failure!r}")
+        on_failure = own.get("on_failure", "raise")  # validated by _settings
         failed = self._handle_failures(
             solutions, on_failure, int(settings.get("max_iters", 100_000))
         )

@@ -21,6 +21,7 @@ coordinates.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,6 +52,36 @@ def estimate_norm(U: sp.spmatrix | np.ndarray, iterations: int = 8, seed: int = 
             return 0.0
         x = U.T @ y
     return sigma
+
+
+def refine_iteratively(
+    solve: Callable[[np.ndarray], np.ndarray],
+    apply: Callable[[np.ndarray], np.ndarray],
+    rhs: np.ndarray,
+    max_steps: int,
+    min_shrink: float = 1.0,
+) -> tuple[np.ndarray, float, int]:
+    """Iterative refinement w ← w + solve(rhs − apply(w)) from w = solve(rhs), with
+    ``solve`` an approximate inverse (a shifted or nearby LU) and ``apply`` the exact
+    operator. Stops at rounding level (‖r‖ ≤ 1e-15‖rhs‖), after ``max_steps``, or at
+    the first step that shrinks ‖r‖ by less than ``min_shrink`` (kept if it shrank at
+    all). Returns w, ‖rhs − apply(w)‖ and the steps tried."""
+    w = solve(rhs)
+    res = rhs - apply(w)
+    norm = float(np.linalg.norm(res))
+    floor = 1e-15 * float(np.linalg.norm(rhs))
+    steps = 0
+    while steps < max_steps and norm > floor:
+        w_new = w + solve(res)
+        res_new = rhs - apply(w_new)
+        norm_new = float(np.linalg.norm(res_new))
+        steps += 1
+        fast_enough = norm_new < min_shrink * norm
+        if norm_new < norm:
+            w, res, norm = w_new, res_new, norm_new
+        if not fast_enough:
+            break
+    return w, norm, steps
 
 
 def coupled_coordinates(U: sp.spmatrix | np.ndarray, visible: np.ndarray) -> np.ndarray:
@@ -289,18 +320,9 @@ class NullSpaceLU:
     def _refined_solve(self, rhs: np.ndarray, transpose: bool, steps: int = 4) -> np.ndarray:
         """Solve with the shifted LU, then iterative refinement against U."""
         op = self.U.T if transpose else self.U
-        w = self._lu.solve(rhs, transpose)
-        res = rhs - op @ w
-        norm = float(np.linalg.norm(res))
-        for _ in range(steps):
-            if norm <= 1e-15 * float(np.linalg.norm(rhs)):
-                break
-            w_new = w + self._lu.solve(res, transpose)
-            res_new = rhs - op @ w_new
-            norm_new = float(np.linalg.norm(res_new))
-            if not norm_new < norm:
-                break
-            w, res, norm = w_new, res_new, norm_new
+        w, _, _ = refine_iteratively(
+            lambda r: self._lu.solve(r, transpose), lambda v: op @ v, rhs, steps
+        )
         return w
 
     def solve_factor(self, rhs: np.ndarray, transpose: bool = False) -> np.ndarray:

@@ -24,7 +24,12 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from conelayers.cones import ConeJacobian, ProductCone, Selection
-from conelayers.linsolve import FactorizationHints, NullSpaceLU, coupled_coordinates
+from conelayers.linsolve import (
+    FactorizationHints,
+    NullSpaceLU,
+    coupled_coordinates,
+    refine_iteratively,
+)
 from conelayers.schur import SchurLU, fixed_block
 from conelayers.solvers.scs import ConeProgram
 
@@ -344,14 +349,12 @@ class ResidualJacobian:
             mask, lu = self.coupled_factorization(visible)
             if mask is not None and np.any(rhs[~mask]):
                 mask, lu = None, self.factorization()
-            apply = self.rmatvec if transpose else self.matvec
             if mask is None:
                 w, inconsistency = lu.solve(rhs, transpose=transpose)
-                res = float(np.linalg.norm(apply(w) - rhs)) / rhs_norm
             else:
                 w = np.zeros(self.size)
                 w[mask], inconsistency = lu.solve(rhs[mask], transpose=transpose)
-                res = float(np.linalg.norm(apply(w) - rhs)) / rhs_norm
+            res = float(np.linalg.norm(self._apply(w, transpose) - rhs)) / rhs_norm
             nullity = lu.nullity if lu.analyzed else 0
             info = LinearSolveInfo(
                 "direct", res, nullity=nullity, inconsistency=inconsistency / rhs_norm
@@ -369,21 +372,10 @@ class ResidualJacobian:
         stopped at rounding level or when the residual stops shrinking fast (then the
         caller factorizes U itself). Returns w, its relative residual, the steps."""
         M = self.preconditioner
-        apply = self.rmatvec if transpose else self.matvec
-        w = M.solve_factor(rhs, transpose)
-        res = rhs - apply(w)
-        norm = float(np.linalg.norm(res))
-        steps = 0
-        while steps < max_steps and norm > 1e-15 * rhs_norm:
-            w_new = w + M.solve_factor(res, transpose)
-            res_new = rhs - apply(w_new)
-            norm_new = float(np.linalg.norm(res_new))
-            steps += 1
-            if not norm_new < 0.5 * norm:
-                if norm_new < norm:
-                    w, norm = w_new, norm_new
-                break
-            w, res, norm = w_new, res_new, norm_new
+        w, norm, steps = refine_iteratively(
+            lambda r: M.solve_factor(r, transpose),
+            lambda v: self._apply(v, transpose), rhs, max_steps, min_shrink=0.5,
+        )
         if not np.all(np.isfinite(w)):
             return w, np.inf, steps
         return w, norm / rhs_norm, steps
@@ -394,8 +386,7 @@ class ResidualJacobian:
             op, rhs, atol=1e-14, btol=1e-14, conlim=1e16, iter_lim=max(20 * self.size, 2000)
         )
         w, istop, itn = out[0], int(out[1]), int(out[2])
-        apply = self.rmatvec if transpose else self.matvec
-        res = float(np.linalg.norm(apply(w) - rhs)) / rhs_norm
+        res = float(np.linalg.norm(self._apply(w, transpose) - rhs)) / rhs_norm
         return w, LinearSolveInfo("lsqr", res, iterations=itn, lsqr_istop=istop)
 
 
@@ -466,12 +457,7 @@ def newton_refine(
             # Chord step with the last LU (on curved cones the Jacobian moves with z, and
             # a factorization costs far more than a solve): it contracts ‖N‖ by about
             # ‖I − U₀⁻¹U‖ ≪ 1 this close to the solution; a new Jacobian only if not.
-            # Small steps only, as for the plain LU step below (a harmless null space).
-            step = jac.factorization().solve_unanalyzed(r)
-            if np.abs(step).max(initial=0.0) <= 1.0 + float(np.abs(best).max(initial=0.0)):
-                accepted = _line_search(
-                    residual, best, best_norm, step, alphas=(1.0,), decrease=0.1
-                )
+            accepted = _plain_lu_step(residual, best, best_norm, r, jac)
         if accepted is None:
             jac, jac_point, accepted = _newton_step(residual, best, best_norm, r, selection)
         if accepted is None:
@@ -497,18 +483,24 @@ def _newton_step(
     # (harmless auxiliary null spaces are common); the minimum-norm step if that one is
     # not small (a null-space component blown up by the LU) or the line search rejects it.
     direct = jac.ops.direct
-    accepted = None
-    if direct:
-        step = jac.factorization().solve_unanalyzed(r)
-        if np.abs(step).max(initial=0.0) <= 1.0 + float(np.abs(z).max(initial=0.0)):
-            # Only a full step with a Newton-like decrease: near a degenerate solution
-            # (a singular U that matters) the LU step can lower ‖N‖ slowly while
-            # drifting along the flat direction, away from the solution.
-            accepted = _line_search(residual, z, norm, step, alphas=(1.0,), decrease=0.1)
+    accepted = _plain_lu_step(residual, z, norm, r, jac) if direct else None
     if accepted is None:
         step, _ = jac.solve(r, method="direct" if direct else "lsqr")
         accepted = _line_search(residual, z, norm, step)
     return jac, z, accepted
+
+
+def _plain_lu_step(
+    residual: ResidualMap, z: np.ndarray, norm: float, r: np.ndarray, jac: ResidualJacobian
+) -> tuple[np.ndarray, float] | None:
+    """The step −U⁻¹N(z) from the LU of ``jac`` alone (no null-space analysis), kept only
+    if it is small (a null-space component blown up by the LU is not) and, taken in full,
+    lowers ‖N‖ tenfold: near a degenerate solution (a singular U that matters) the LU
+    step can lower ‖N‖ slowly while drifting along the flat direction, away from it."""
+    step = jac.factorization().solve_unanalyzed(r)
+    if np.abs(step).max(initial=0.0) > 1.0 + float(np.abs(z).max(initial=0.0)):
+        return None
+    return _line_search(residual, z, norm, step, alphas=(1.0,), decrease=0.1)
 
 
 def _line_search(

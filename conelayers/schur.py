@@ -27,7 +27,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from conelayers.cones import ConeJacobian
-from conelayers.linsolve import NullSpaceLU
+from conelayers.linsolve import NullSpaceLU, refine_iteratively
 from conelayers.solvers.scs import ConeProgram
 
 SCHUR_MAX_ROWS = 1500
@@ -168,18 +168,10 @@ class SchurLU:
         return np.concatenate([w_F, w_V])
 
     def _refined(self, rhs: np.ndarray, transpose: bool, steps: int = 3) -> np.ndarray:
-        w = self.solve_factor(rhs, transpose)
-        res = rhs - self._apply(w, transpose)
-        norm = float(np.linalg.norm(res))
-        for _ in range(steps):
-            if norm <= 1e-15 * float(np.linalg.norm(rhs)):
-                break
-            w_new = w + self.solve_factor(res, transpose)
-            res_new = rhs - self._apply(w_new, transpose)
-            norm_new = float(np.linalg.norm(res_new))
-            if not norm_new < norm:
-                break
-            w, res, norm = w_new, res_new, norm_new
+        w, _, _ = refine_iteratively(
+            lambda r: self.solve_factor(r, transpose),
+            lambda v: self._apply(v, transpose), rhs, steps,
+        )
         return w
 
     def solve_unanalyzed(self, rhs: np.ndarray) -> np.ndarray:

@@ -5,7 +5,6 @@ This is the only module that knows SCS's argument names and short cone keys.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -14,6 +13,7 @@ import scipy.sparse as sp
 import scs
 
 from canonicalize.cones import ConeDims
+from conelayers._threads import batch_workers
 from conelayers.exceptions import SettingsError
 
 DEFAULT_SETTINGS: dict = {"eps_abs": 1e-4, "eps_rel": 1e-4, "max_iters": 100_000}
@@ -181,10 +181,6 @@ def solve_sharing_matrices(
     return out
 
 
-def _workers(batch: int) -> int:
-    return max(1, min(batch, os.cpu_count() or 1))
-
-
 def _share_matrices(programs: list[ConeProgram]) -> bool:
     first = programs[0]
     return all(p.A is first.A and p.P is first.P for p in programs[1:])
@@ -199,8 +195,7 @@ def solve_batch(
     its status says what happened."""
     if not programs:
         return []
-    jobs = _workers(len(programs)) if n_jobs is None else max(1, n_jobs)
-    jobs = min(jobs, len(programs))
+    jobs = batch_workers(len(programs), n_jobs)
     if len(programs) > 1 and _share_matrices(programs):
         chunks = [list(c) for c in np.array_split(np.arange(len(programs)), jobs)]
         if jobs == 1:
