@@ -48,6 +48,7 @@ from conelayers.residual import ResidualJacobian, ResidualMap, kink_tolerance
 from conelayers.solvers.scs import (
     ConeProgram,
     ConeSolution,
+    WorkspacePool,
     normalize_settings,
     solve_batch,
 )
@@ -270,6 +271,7 @@ class LayerCore:
         P_map = self.program.P
         self.constant = (self.program.A.is_constant, P_map is None or P_map.is_constant)
         self._constant_matrices: dict[str, sp.csc_matrix] = {}
+        self.scs_workspaces = WorkspacePool()
         # The Schur path's once-per-layer block needs A and P fixed (conelayers.schur).
         self.factor_hints.constant_matrices = self.constant == (True, True)
 
@@ -412,7 +414,9 @@ class LayerCore:
         theta, batch, batched = self.parameter_values(values)
         settings, own = self._settings(solver_args)
         programs = self.instances(theta)
-        solutions = solve_batch(programs, settings, n_jobs=own.get("n_jobs"))
+        # Fixed A and P: SCS workspaces (setup and factorization) are kept across calls.
+        pool = self.scs_workspaces if self.constant == (True, True) else None
+        solutions = solve_batch(programs, settings, n_jobs=own.get("n_jobs"), pool=pool)
         on_failure = own.get("on_failure", "raise")  # validated by _settings
         failed = self._handle_failures(
             solutions, on_failure, int(settings.get("max_iters", 100_000))
@@ -508,8 +512,8 @@ class LayerCore:
             if statuses & {"infeasible_inaccurate", "unbounded_inaccurate"}:
                 raise SolverError(
                     f"SCS did not solve the problem and returned only an uncertain "
-                    f"certificate ({text}); the data may be badly scaled, or the problem "
-                    "infeasible/unbounded: try raising max_iters or rescaling", failures
+                    f"certificate ({text}) [{details}]; the data may be badly scaled, or the "
+                    "problem infeasible/unbounded: try raising max_iters or rescaling", failures
                 )
             hint = ""
             if any(solutions[i].iterations >= max_iters for i in failures):

@@ -122,3 +122,36 @@ def test_nan_in_a_batch_names_the_instances():
     with pytest.raises(ParameterError, match=r"parameter 'p' contains NaN or Inf in batch "
                                              r"instance\(s\) 1, 3"):
         core.forward([values])
+
+
+def test_fixed_matrices_keep_the_scs_workspace_across_calls(monkeypatch):
+    """A projection onto the simplex (only the point is a parameter, so A and P are
+    fixed): later calls reuse the first call's SCS setup and still match the
+    sort-based closed form; a layer whose A holds a parameter keeps nothing."""
+    import conelayers.solvers.scs as scs_mod
+
+    built = []
+    real = scs_mod._workspace
+    monkeypatch.setattr(scs_mod, "_workspace", lambda p, s: built.append(1) or real(p, s))
+    n = 8
+    point = cp.Parameter(n)
+    x = cp.Variable(n)
+    problem = cp.Problem(cp.Minimize(cp.sum_squares(x - point)), [x >= 0, cp.sum(x) == 1])
+    core = LayerCore(problem, [point], [x])
+    args = {"adaptive_scale": False}  # the scale cannot move: the workspace is kept
+    rng = np.random.default_rng(5)
+    for _ in range(4):
+        p = rng.standard_normal(n)
+        out = core.forward([p], args).outputs[0][0]
+        u = np.sort(p)[::-1]
+        css = np.cumsum(u) - 1.0
+        rho = np.nonzero(u - css / np.arange(1, n + 1) > 0)[0][-1]
+        np.testing.assert_allclose(out, np.maximum(p - css[rho] / (rho + 1.0), 0), atol=1e-8)
+    assert len(built) == 1 and len(core.scs_workspaces) == 1
+
+    z = zoo.make("least_squares")  # A is a parameter: a setup per call, none kept
+    varying = LayerCore(z.problem, z.parameters, z.variables)
+    built.clear()
+    for _ in range(2):
+        varying.forward(z.values, args)
+    assert len(built) == 2 and len(varying.scs_workspaces) == 0

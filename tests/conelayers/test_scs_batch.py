@@ -96,3 +96,84 @@ def test_failed_instance_does_not_disturb_the_batch(update_calls):
     for i in (0, 2, 3):
         assert sols[i].status == "solved"
         np.testing.assert_allclose(sols[i].x, _project_simplex(points[i]), atol=1e-6)
+
+
+# -- workspaces kept across calls (WorkspacePool) -----------------------------------------
+
+@pytest.fixture
+def built(monkeypatch):
+    """Count the SCS workspaces built (setups paid)."""
+    calls = {"built": 0}
+    real = scs_mod._workspace
+
+    def counting(prog, st):
+        calls["built"] += 1
+        return real(prog, st)
+
+    monkeypatch.setattr(scs_mod, "_workspace", counting)
+    return calls
+
+
+def _fresh_scale_updates(program: ConeProgram, settings: dict) -> int:
+    return int(scs_mod._workspace(program, settings).solve()["info"]["scale_updates"])
+
+
+def test_pool_serves_later_calls_without_a_new_setup(built):
+    rng = np.random.default_rng(3)
+    points = rng.standard_normal((6, 7))
+    programs = _simplex_projection_programs(points, with_P=True)
+    # Without adaptive scaling SCS's scale cannot move, so the workspace is kept.
+    settings = {**TIGHT, "adaptive_scale": False}
+    pool = scs_mod.WorkspacePool()
+    for k, prog in enumerate(programs):
+        sol = solve_batch([prog], settings, pool=pool)[0]
+        assert sol.status == "solved"
+        np.testing.assert_allclose(sol.x, _project_simplex(points[k]), atol=1e-6)
+    assert built["built"] == 1 and len(pool) == 1
+    # Other settings are another key: a setup of their own, kept beside the first.
+    solve_batch([programs[0]], {**settings, "eps_abs": 1e-8}, pool=pool)
+    assert built["built"] == 2 and len(pool) == 2
+
+
+def test_pool_drops_a_workspace_whose_scale_moved(built):
+    rng = np.random.default_rng(4)
+    programs = _simplex_projection_programs(rng.standard_normal((2, 30)), with_P=False)
+    # An initial scale far from what the LP wants: SCS adapts it during the solve.
+    settings = {**TIGHT, "scale": 1e-5}
+    assert _fresh_scale_updates(programs[0], settings) > 0  # the premise
+    pool = scs_mod.WorkspacePool()
+    solve_batch([programs[0]], settings, pool=pool)
+    assert len(pool) == 0
+    solve_batch([programs[1]], settings, pool=pool)
+    assert built["built"] == 3  # the premise's, and one per call
+
+
+def test_pool_keeps_at_most_max_settings_and_skips_file_writing_settings(tmp_path):
+    programs = _simplex_projection_programs(np.eye(3), with_P=True)
+    pool = scs_mod.WorkspacePool()
+    base = {**normalize_settings(None), "adaptive_scale": False}
+    for k in range(scs_mod.WorkspacePool.MAX_SETTINGS + 2):
+        solve_batch([programs[0]], {**base, "eps_abs": 10.0 ** -(3 + k)}, pool=pool)
+    assert len(pool) == scs_mod.WorkspacePool.MAX_SETTINGS
+    assert scs_mod.WorkspacePool.key(
+        programs[0], {**base, "write_data_filename": str(tmp_path / "d")}
+    ) is None
+
+
+def test_pool_rejects_programs_with_other_matrices():
+    a = _simplex_projection_programs(np.eye(3), with_P=True)
+    b = _simplex_projection_programs(np.eye(3), with_P=True)  # equal values, other objects
+    with pytest.raises(ValueError, match="sharing A and P"):
+        solve_batch([a[0], b[1]], TIGHT, pool=scs_mod.WorkspacePool())
+
+
+def test_pool_copies_start_empty():
+    import copy
+    import pickle
+
+    pool = scs_mod.WorkspacePool()
+    solve_batch(_simplex_projection_programs(np.eye(3), with_P=True)[:1],
+                {**TIGHT, "adaptive_scale": False}, pool=pool)
+    assert len(pool) == 1
+    assert len(pickle.loads(pickle.dumps(pool))) == 0
+    assert len(copy.deepcopy(pool)) == 0

@@ -79,9 +79,13 @@ def test_torch_layer_from_four_threads_matches_sequential(name):
         for t in threads:
             t.join(timeout=120)
     assert not errors, errors
+    # Not bitwise equal: a call may get an SCS workspace kept from an earlier call
+    # (solvers.scs.WorkspacePool), whose acceleration memory changes SCS's path; both
+    # answers are refined to N(z) ≈ 0 at eps 1e-9, so they agree far below 1e-7, while a
+    # race (shared state written by two threads) would show as an O(1) difference.
     for (k, _rep), (outs, grads) in results.items():
         for a, b in zip(outs + grads, sequential[k][0] + sequential[k][1]):
-            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-9)
     assert len(results) == 12
 
 
