@@ -119,6 +119,21 @@ def divide_by_log_values(
             arr[rows] /= np.exp(theta[rows])
 
 
+NONFINITE_STATUS = "NaN or Inf in its parameter values"
+"""The status of a batch instance skipped for non-finite values (on_failure="nan")."""
+
+
+def _not_solved(program: ConeProgram, status: str) -> ConeSolution:
+    """The solution record of an instance that was not handed to the solver."""
+    n, m = program.A.shape[1], program.A.shape[0]
+    nan = float("nan")
+    return ConeSolution(
+        x=np.full(n, nan), y=np.full(m, nan), s=np.full(m, nan), status=status,
+        iterations=0, primal_residual=nan, dual_residual=nan, gap=nan, objective=nan,
+        solve_time=0.0,
+    )
+
+
 def _apply(rec, vec: np.ndarray) -> np.ndarray:
     """A recovery applied to a (len, B) batch of source vectors, with exp for DGP."""
     out = rec.apply(vec)
@@ -281,6 +296,16 @@ class LayerCore:
     ) -> tuple[np.ndarray, int | None, list[bool]]:
         """Validate the values (one per parameter, optional leading batch axis) and stack
         them into θ of shape (p, B). Returns (θ, batch size or None, which were batched)."""
+        theta, batch, batched, _ = self._validated(values, mark_nonfinite=False)
+        return theta, batch, batched
+
+    def _validated(
+        self, values: Sequence[np.ndarray], mark_nonfinite: bool
+    ) -> tuple[np.ndarray, int | None, list[bool], frozenset]:
+        """``parameter_values`` and the batch instances whose values hold NaN or Inf:
+        with ``mark_nonfinite`` those instances are returned instead of raising (unless
+        every instance is affected)."""
+        nonfinite: set[int] = set()
         if len(values) != len(self.program.parameters):
             raise ParameterError(
                 f"expected {len(self.program.parameters)} parameter values (one for each of "
@@ -325,10 +350,21 @@ class LayerCore:
                 where = ""
                 if is_batched:
                     bad = np.flatnonzero(~np.isfinite(arr.reshape(arr.shape[0], -1)).all(1))
-                    shown = ", ".join(str(int(i)) for i in bad[:5])
-                    more = f" and {bad.size - 5} more" if bad.size > 5 else ""
-                    where = f" in batch instance(s) {shown}{more}"
-                raise ParameterError(f"parameter '{slot.name}' contains NaN or Inf{where}")
+                    if mark_nonfinite and bad.size < arr.shape[0]:
+                        nonfinite.update(int(i) for i in bad)
+                        # Stand-in values (an unaffected instance's) keep the checks
+                        # below and the cone data finite; the instance is not solved.
+                        good = int(np.flatnonzero(~np.isin(np.arange(arr.shape[0]), bad))[0])
+                        arr = arr.copy()
+                        arr[bad] = arr[good]
+                    else:
+                        shown = ", ".join(str(int(i)) for i in bad[:5])
+                        more = f" and {bad.size - 5} more" if bad.size > 5 else ""
+                        where = f" in batch instance(s) {shown}{more}"
+                if not np.all(np.isfinite(arr)):
+                    raise ParameterError(
+                        f"parameter '{slot.name}' contains NaN or Inf{where}"
+                    )
             if slot.nonneg and np.any(arr < 0):
                 raise ParameterError(
                     f"parameter '{slot.name}' is declared nonneg but has negative entries "
@@ -358,7 +394,7 @@ class LayerCore:
         for slot, arr, is_batched in zip(self.program.parameters, arrays, batched):
             flat = vec_batch(arr) if is_batched else arr.ravel(order="F")[:, None]
             theta[slot.offset : slot.offset + slot.size, :] = np.log(flat) if slot.log else flat
-        return theta, batch, batched
+        return theta, batch, batched, frozenset(nonfinite)
 
     # -- forward ------------------------------------------------------------------------
     def _settings(self, solver_args: dict | None) -> tuple[dict, dict]:
@@ -411,13 +447,21 @@ class LayerCore:
             return self._forward(values, solver_args)
 
     def _forward(self, values, solver_args) -> ForwardResult:
-        theta, batch, batched = self.parameter_values(values)
         settings, own = self._settings(solver_args)
+        on_failure = own.get("on_failure", "raise")  # validated by _settings
+        # With on_failure="nan", instances with NaN/Inf values fail alone (not solved).
+        theta, batch, batched, nonfinite = self._validated(
+            values, mark_nonfinite=on_failure == "nan"
+        )
         programs = self.instances(theta)
         # Fixed A and P: SCS workspaces (setup and factorization) are kept across calls.
         pool = self.scs_workspaces if self.constant == (True, True) else None
-        solutions = solve_batch(programs, settings, n_jobs=own.get("n_jobs"), pool=pool)
-        on_failure = own.get("on_failure", "raise")  # validated by _settings
+        todo = [k for k in range(len(programs)) if k not in nonfinite]
+        solved = solve_batch([programs[k] for k in todo], settings,
+                             n_jobs=own.get("n_jobs"), pool=pool)
+        solutions = [_not_solved(p, NONFINITE_STATUS) for p in programs]
+        for k, sol in zip(todo, solved):
+            solutions[k] = sol
         failed = self._handle_failures(
             solutions, on_failure, int(settings.get("max_iters", 100_000))
         )

@@ -58,3 +58,36 @@ def test_nan_mode_keeps_the_other_instances():
         q.value, lo.value = qv[k], lov[k]
         prob2.solve(solver=cp.CLARABEL)
         np.testing.assert_allclose(out[k], x.value, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nonfinite_values_fail_only_their_instances_in_nan_mode(bad):
+    """A NaN/Inf in one instance's values: by default a ParameterError naming the
+    instance; with on_failure="nan" that instance alone is NaN with zero gradients (it is
+    never handed to SCS) and the rest equal their unbatched solves and gradients."""
+    from conelayers.exceptions import ParameterError
+
+    prob, q, lo, x = _problem()
+    core = LayerCore(prob, [q, lo], [x])
+    qv, lov = _values()
+    lov[[2, 5]] = -1.0  # all feasible now
+    qv[3, 1] = bad
+    lov[6, 0] = bad
+    with pytest.raises(ParameterError, match=r"'q' contains NaN or Inf in batch instance\(s\) 3"):
+        core.forward([qv, lov])
+    with pytest.warns(FailedInstanceWarning, match="instance 3: NaN or Inf.*instance 6: NaN"):
+        result = core.forward([qv, lov], {"on_failure": "nan", "eps": 1e-9})
+    out = result.outputs[0]
+    assert np.isnan(out[[3, 6]]).all() and np.isfinite(np.delete(out, [3, 6], 0)).all()
+    assert result.solutions[3].iterations == 0
+    gq, glo = core.vjp(result, [np.ones((8, 3))])
+    assert np.all(gq[[3, 6]] == 0) and np.all(glo[[3, 6]] == 0)
+    assert np.isfinite(gq).all() and np.isfinite(glo).all()
+    for k in (0, 2, 5, 7):
+        single = core.forward([qv[k], lov[k]], {"eps": 1e-9})
+        np.testing.assert_allclose(out[k], single.outputs[0][0], atol=1e-9)
+        g1 = core.vjp(single, [np.ones((1, 3))])
+        np.testing.assert_allclose(gq[k], g1[0], atol=1e-9)
+    # Every instance non-finite: nothing to return, the ParameterError stands.
+    with pytest.raises(ParameterError, match="contains NaN or Inf"):
+        core.forward([np.full((8, 3), bad), lov], {"on_failure": "nan"})

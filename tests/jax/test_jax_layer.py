@@ -316,14 +316,14 @@ def test_vmap_of_32_problems_calls_batched_core_once(monkeypatch):
     forward_calls = _count_calls(monkeypatch, "forward")
     vjp_calls = _count_calls(monkeypatch, "vjp")
     batch_sizes = []
-    original_values = LayerCore.parameter_values
+    original_values = LayerCore._validated  # what forward and parameter_values call
 
-    def recorded(self, values):
-        theta, batch, batched = original_values(self, values)
-        batch_sizes.append(batch)
-        return theta, batch, batched
+    def recorded(self, values, mark_nonfinite):
+        out = original_values(self, values, mark_nonfinite)
+        batch_sizes.append(out[1])
+        return out
 
-    monkeypatch.setattr(LayerCore, "parameter_values", recorded)
+    monkeypatch.setattr(LayerCore, "_validated", recorded)
 
     xs = jax.vmap(layer)(qs, hs)[0]
     assert xs.shape == (32, qs.shape[1])
