@@ -581,30 +581,35 @@ class LayerCore:
         prog = self.program
         result.check(prog)
         B = len(result.solutions)
+        # Gradients on x and y of every instance at once (columns), from the outputs'.
+        X_bar, Y_bar = np.zeros((prog.n, B)), np.zeros((prog.m, B))
+        for rec, g, out in zip(prog.recoveries, output_grads, result._outputs):
+            if g is None:
+                continue
+            g = np.asarray(g, dtype=np.float64)
+            if rec.exp:  # d exp(w) = exp(w) dw
+                g = g * out
+            target = X_bar if rec.source == "x" else Y_bar
+            target += rec.adjoint(vec_batch(g))
+        live = [k for k in range(B) if k not in result.failed  # failed: zero gradient
+                and (X_bar[:, k].any() or Y_bar[:, k].any())]
+        zeros_m = np.zeros(prog.m)
+
+        def cotangent(k: int) -> tuple:
+            return result.derivative(k).vjp(X_bar[:, k], Y_bar[:, k], zeros_m)
+
+        # Per instance only the solve with Uᵀ; the data adjoint maps all columns at once.
+        parts = map_batch(lambda i: cotangent(live[i]), len(live), result.n_jobs)
         theta_bar = np.zeros((prog.num_theta, B))
+        if parts:
 
-        def gradient(k: int) -> None:
-            if k in result.failed:
-                return  # zero gradient, announced by the forward's warning
-            xbar = np.zeros(prog.n)
-            ybar = np.zeros(prog.m)
-            for rec, g, out in zip(prog.recoveries, output_grads, result._outputs):
-                if g is None:
-                    continue
-                g_k = np.asarray(g[k], dtype=np.float64)
-                if rec.exp:  # d exp(w) = exp(w) dw
-                    g_k = g_k * out[k]
-                flat = g_k.ravel(order="F")
-                if rec.source == "x":
-                    xbar += rec.adjoint(flat)
-                else:
-                    ybar += rec.adjoint(flat)
-            if not (xbar.any() or ybar.any()):
-                return
-            A_bar, b_bar, c_bar, P_bar = result.derivative(k).vjp(xbar, ybar, np.zeros(prog.m))
-            theta_bar[:, k] = prog.data_adjoint(A_bar, b_bar, c_bar, P_bar)
+            def stacked(j: int) -> np.ndarray | None:
+                cols = [part[j] for part in parts]
+                return None if cols[0] is None else np.stack(cols, axis=1)
 
-        map_batch(gradient, B, result.n_jobs)
+            theta_bar[:, live] = prog.data_adjoint(
+                stacked(0), stacked(1), stacked(2), stacked(3)
+            )
         divide_by_log_values(theta_bar, prog, result.theta)
         return self._split_theta(theta_bar, result.batched_inputs)
 
