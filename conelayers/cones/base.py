@@ -14,6 +14,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import LinearOperator
 
+_FLOAT64 = np.dtype(np.float64)
+
 Selection = Literal["lower", "upper"]
 """Which element of the Clarke Jacobian to use at (or within ``kink_tol`` of) a kink.
 
@@ -33,7 +35,22 @@ class ConeJacobian(LinearOperator):
     """
 
     def __init__(self, size: int) -> None:
-        super().__init__(dtype=np.float64, shape=(size, size))
+        # What LinearOperator.__init__ sets, without its validation: Jacobians are
+        # built per instance and Newton step, and the checks cost more than the rest.
+        self.dtype = _FLOAT64
+        self.shape = (size, size)
+
+    def matvec(self, x: np.ndarray) -> np.ndarray:
+        """J x; a 1-D float64 vector goes straight to ``_matvec`` (the products run in
+        every residual and Newton step, where LinearOperator's checks dominate)."""
+        if isinstance(x, np.ndarray) and x.ndim == 1 and x.dtype == _FLOAT64:
+            if x.shape[0] != self.shape[1]:
+                raise ValueError(f"dimension mismatch: J is {self.shape}, x has {x.shape}")
+            return self._matvec(x)
+        return super().matvec(x)
+
+    def rmatvec(self, x: np.ndarray) -> np.ndarray:
+        return self.matvec(x)  # J is symmetric
 
     def _rmatvec(self, x: np.ndarray) -> np.ndarray:
         return self._matvec(x)
