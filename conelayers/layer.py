@@ -81,6 +81,34 @@ def user_stacklevel() -> int:
     return level
 
 
+GROUPED_DETAILS = 3
+"""Messages quoted in full when several batch instances raise one kind of warning."""
+
+
+def emit_grouped(items: Sequence[tuple[type, int, str]], batch: int) -> None:
+    """Emit (category, instance, message) warnings, one per category: a lone instance's
+    message as it is; several instances' as one warning that names them all and quotes
+    the first ``GROUPED_DETAILS`` messages (a degenerate batch of 32 gives one warning
+    per kind, not 32)."""
+    groups: dict[type, list[tuple[int, str]]] = {}
+    for category, index, message in items:
+        groups.setdefault(category, []).append((index, message))
+    level = user_stacklevel()
+    for category, entries in groups.items():
+        if len(entries) == 1:
+            warnings.warn(entries[0][1], category, stacklevel=level)
+            continue
+        indices = [i for i, _ in entries]
+        quoted = " | ".join(m for _, m in entries[:GROUPED_DETAILS])
+        more = len(entries) - GROUPED_DETAILS
+        tail = f" | and {more} more like these" if more > 0 else ""
+        warnings.warn(
+            f"instances {', '.join(map(str, indices))} ({len(entries)} of {batch} in the "
+            f"batch): {quoted}{tail}",
+            category, stacklevel=level,
+        )
+
+
 def check_float_dtypes(names: Sequence[str], dtypes: Sequence) -> None:
     """Raise a ParameterError naming two parameters whose floating dtypes differ (mixed
     float32/float64 would silently change precision)."""
@@ -221,10 +249,11 @@ class ForwardResult:
 
             # Warnings are composed in the threads and emitted here, in order.
             self.reports = map_batch(report, len(self.solutions), self.n_jobs)
-            level = user_stacklevel()
-            for report in self.reports:
-                for category, message in report.warnings:
-                    warnings.warn(message, category, stacklevel=level)
+            emit_grouped(
+                [(category, rep.index, message) for rep in self.reports
+                 for category, message in rep.warnings],
+                len(self.solutions),
+            )
         return self.reports
 
 
@@ -484,6 +513,7 @@ class LayerCore:
         # (SuperLU, LAPACK, SciPy sparse), so threads over the batch run in parallel.
         settled = map_batch(settle, len(programs), own.get("n_jobs"))
         xs, ys, points, jacobians = [], [], [], []
+        inaccurate: list[tuple[type, int, str]] = []
         for k, (z, jac) in enumerate(settled):
             residual, sol = residuals[k], solutions[k]
             jacobians.append(jac)
@@ -495,7 +525,8 @@ class LayerCore:
             if k not in failed:
                 message = inaccuracy_message(k, sol, residual, z, refined=refine)
             if message is not None:
-                warnings.warn(message, InaccurateSolutionWarning, stacklevel=user_stacklevel())
+                inaccurate.append((InaccurateSolutionWarning, k, message))
+        emit_grouped(inaccurate, len(programs))
         X = np.stack(xs, axis=1)
         Y = np.stack(ys, axis=1)
         outputs = [

@@ -91,3 +91,28 @@ def test_nonfinite_values_fail_only_their_instances_in_nan_mode(bad):
     # Every instance non-finite: nothing to return, the ParameterError stands.
     with pytest.raises(ParameterError, match="contains NaN or Inf"):
         core.forward([np.full((8, 3), bad), lov], {"on_failure": "nan"})
+
+
+def test_a_degenerate_batch_warns_once_per_kind_naming_every_instance():
+    """The cyclic problem at t = 0 (the whole box is optimal) in a batch of 6: one
+    NonUniqueSolutionWarning listing all six instances, not six warnings."""
+    import warnings
+
+    from conelayers.exceptions import NonUniqueSolutionWarning
+
+    a, b = cp.Variable(), cp.Variable()
+    x, y = cp.Parameter(), cp.Parameter()
+    t = -3 * x + y + 2
+    prob = cp.Problem(cp.Maximize(a * t + b * t), [a >= 0, a <= 3, b >= 0, b <= 5])
+    core = LayerCore(prob, [x, y], [a, b])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = core.forward([np.ones(6), np.ones(6)])  # t = 0 in every instance
+        core.vjp(result, [np.ones(6), np.ones(6)])
+    nonunique = [str(w.message) for w in caught
+                 if issubclass(w.category, NonUniqueSolutionWarning)]
+    assert len(nonunique) == 1
+    assert nonunique[0].startswith("instances 0, 1, 2, 3, 4, 5 (6 of 6 in the batch): ")
+    assert "instance 0: the solution is not unique" in nonunique[0]
+    assert "and 3 more like these" in nonunique[0]
+    assert all(r.warnings for r in result.reports)  # the per-instance reports keep all
