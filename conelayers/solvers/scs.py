@@ -174,6 +174,17 @@ class WorkspacePool:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._idle: OrderedDict[tuple, list[_Workspace]] = OrderedDict()
+        self._drift_hurts: set[tuple] = set()
+
+    def drift_hurts(self, key: tuple) -> bool:
+        """Whether a workspace whose scale moved has cost this key's batches iterations
+        (the reuse guard fired): then it serves no further instance, in any call."""
+        with self._lock:
+            return key in self._drift_hurts
+
+    def note_drift_hurts(self, key: tuple) -> None:
+        with self._lock:
+            self._drift_hurts.add(key)
 
     @staticmethod
     def key(program: ConeProgram, settings: dict) -> tuple | None:
@@ -212,6 +223,7 @@ class WorkspacePool:
         """Drop every kept workspace (frees SCS's copies of A, P and its factorization)."""
         with self._lock:
             self._idle.clear()
+            self._drift_hurts.clear()
 
 
 @dataclass
@@ -252,11 +264,16 @@ def solve_sharing_matrices(
     (serial, ms, shared vs fresh): lasso/medium 209 vs 592, socp/medium 430 vs 669,
     sdp/medium 117 vs 299, projection_simplex/medium 396 vs 508, qp/small 2 vs 8, the
     worst lp/medium 642 vs 588. Reuse is abandoned for the rest if an instance needs
-    more than ``REUSE_ITERATION_FACTOR`` times the workspace's first iterations."""
+    more than ``REUSE_ITERATION_FACTOR`` times the workspace's first iterations; with a
+    pool, that also marks the key (``WorkspacePool.drift_hurts``), and from then on a
+    workspace whose scale moved is replaced by a fresh one for the next instance
+    (lp/medium/32, serial: 1600 iterations for the second instance instead of 450
+    fresh, in every call)."""
     if not programs:
         return []
     key = pool.key(programs[0], settings) if pool is not None else None
     work = pool.take(key) if key is not None else None
+    drift_hurts = key is not None and pool.drift_hurts(key)
     out = []
     for program in programs:
         if work is None:
@@ -268,9 +285,15 @@ def solve_sharing_matrices(
         else:
             work.solver.update(b=program.b, c=program.c)
             sol, unchanged = _run(work.solver, warm_start=False)
+            drifted = not work.initial_scale
             work.initial_scale = work.initial_scale and unchanged
             if sol.iterations > REUSE_ITERATION_FACTOR * max(work.first_iterations, 25):
                 work = False
+                if drifted and key is not None:
+                    pool.note_drift_hurts(key)  # later calls: fresh after a drift
+                    drift_hurts = True
+        if work and drift_hurts and not work.initial_scale:
+            work = None  # its scale moved and that has cost iterations here before
         out.append(sol)
     if key is not None and work and work.initial_scale:
         pool.give(key, work)

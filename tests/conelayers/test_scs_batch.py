@@ -177,3 +177,44 @@ def test_pool_copies_start_empty():
     assert len(pool) == 1
     assert len(pickle.loads(pickle.dumps(pool))) == 0
     assert len(copy.deepcopy(pool)) == 0
+
+
+class _ScriptedSolver:
+    """Stands in for scs.SCS: iteration counts and scale updates from a script, so the
+    reuse policy can be tested on exactly the sequence that triggers it."""
+
+    def __init__(self, script: list):
+        self.script = script
+
+    def update(self, b=None, c=None):
+        pass
+
+    def solve(self, warm_start=True, x=None, y=None, s=None):
+        iters, scale_updates = self.script.pop(0)
+        return {"x": np.zeros(3), "y": np.zeros(4), "s": np.zeros(4),
+                "info": {"status_val": 1, "iter": iters, "res_pri": 0.0, "res_dual": 0.0,
+                         "gap": 0.0, "pobj": 0.0, "solve_time": 0.0,
+                         "scale_updates": scale_updates}}
+
+
+def test_a_drifted_scale_that_cost_iterations_is_not_reused_in_later_calls(monkeypatch):
+    programs = _simplex_projection_programs(np.eye(3), with_P=True)
+    # First call: fresh solve (scale moves), a reuse that takes 10x the iterations (the
+    # guard fires), then fresh solves. Second call: every instance fresh, since a
+    # workspace whose scale moved has cost iterations for this pool key before.
+    script = [(100, 1), (1000, 0), (100, 1)] + [(100, 1)] * 3
+    built: list = []
+
+    def scripted(prog, st):
+        built.append(prog)
+        return _ScriptedSolver(script)
+
+    monkeypatch.setattr(scs_mod, "_workspace", scripted)
+    pool = scs_mod.WorkspacePool()
+    first = solve_batch(programs, TIGHT, n_jobs=1, pool=pool)
+    assert [s.iterations for s in first] == [100, 1000, 100]
+    assert len(built) == 2 and pool.drift_hurts(pool.key(programs[0], TIGHT))
+    built.clear()
+    second = solve_batch(programs, TIGHT, n_jobs=1, pool=pool)
+    assert [s.iterations for s in second] == [100, 100, 100]
+    assert len(built) == 3 and len(pool) == 0  # all fresh; none kept (their scale moved)
