@@ -183,3 +183,37 @@ def test_direct_or_lsqr_by_size_and_sparsity(dims, direct):
         w, info = jac.solve(rhs)
         assert info.method == ("direct" if direct else "lsqr")
         np.testing.assert_allclose(jac.matvec(w), rhs, atol=1e-8 * np.abs(rhs).max())
+
+
+@pytest.mark.parametrize("newton_failures", [1, 2])
+def test_polish_goes_to_1e_9_only_when_newton_fails_from_1e_6(monkeypatch, newton_failures):
+    """Newton made to fail from SCS's point (as at a singular U, a wrong active set), and
+    optionally once more: the polish warm-starts SCS at 1e-6, and at 1e-9 only after a
+    second failure; the answer is the projection onto the ball, 2p/‖p‖ (p outside)."""
+    import conelayers.refine as refine_mod
+    from conelayers.checks import ACCURACY_RTOL
+    from conelayers.residual import RefinementInfo, relative_residual
+
+    core = _ball_core()
+    p = np.array([1.5, -2.0, 0.5, 1.0, -0.3])
+    residual, z0, sol = _solved(core, p, eps=1e-2)
+    assert relative_residual(residual, z0) > ACCURACY_RTOL  # a rough point to refine
+    eps_used: list[float] = []
+    real_solve, real_newton = refine_mod.solve, refine_mod.newton_refine
+    monkeypatch.setattr(refine_mod, "solve", lambda prog, st, warm_start=None: (
+        eps_used.append(st["eps_abs"]) or real_solve(prog, st, warm_start=warm_start)))
+    failures = {"left": newton_failures}
+
+    def newton(res, z, selection="lower"):
+        if failures["left"]:
+            failures["left"] -= 1
+            r = float(np.linalg.norm(res(z)))
+            return z, RefinementInfo(0, r, r)  # no progress
+        return real_newton(res, z, selection=selection)
+
+    monkeypatch.setattr(refine_mod, "newton_refine", newton)
+    z, _ = refine_solution(residual, sol, {"eps_abs": 1e-2, "eps_rel": 1e-2, "verbose": False})
+    assert eps_used == [1e-6, 1e-9][:newton_failures]
+    assert relative_residual(residual, z) <= ACCURACY_RTOL
+    x = core.program.recoveries[0].apply(residual.solution_from_z(z)[0])
+    np.testing.assert_allclose(x, 2 * p / np.linalg.norm(p), atol=1e-9)
