@@ -207,3 +207,30 @@ def test_bad_solver_settings_exit_2_with_one_line(args, capsys):
     assert main(["diagnose", path, "--quiet", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "SettingsError" in err[0] and "solver_args" in err[0]
+
+
+def test_spot_check_calls_a_zero_derivative_zero(tmp_path):
+    """min pᵀx + ‖x‖² over x ≥ 0 with p > 0: x = 0 for every nearby p, so the derivative
+    is exactly 0 and the difference quotient is noise; the report says so instead of a
+    relative error of 1 (the old output)."""
+    script = tmp_path / "zero.py"
+    script.write_text(
+        "import cvxpy as cp\n"
+        "p = cp.Parameter(3, value=[1.0, 2.0, 3.0])\n"
+        "x = cp.Variable(3)\n"
+        "problem = cp.Problem(cp.Minimize(p @ x + cp.sum_squares(x)), [x >= 0])\n"
+    )
+    report = diagnose(str(script))
+    fd = report["fd_check"]
+    assert fd["zero"] and abs(fd["analytic"]) < 1e-12
+    assert abs(fd["finite_difference"]) < fd["noise_floor"]
+
+
+def test_spot_check_refines_its_resolves_even_with_refine_off():
+    """HS35 with refine=False: the spot check's re-solves are still refined, so it
+    agrees with the derivative (it reported 0.32 when they were not)."""
+    path = SHARED / "maros_meszaros" / "HS35.mat"
+    if not path.exists():
+        pytest.skip(f"{path} missing")
+    report = diagnose(str(path), eps=1e-6, solver_args={"refine": False})
+    assert report["fd_check"]["relative_error"] < 1e-4
