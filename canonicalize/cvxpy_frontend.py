@@ -8,6 +8,8 @@ variables.
 
 from __future__ import annotations
 
+import re
+
 import threading
 import weakref
 from collections.abc import Sequence
@@ -208,12 +210,22 @@ def _final_constraint_ids(problem: cp.Problem, inverse_data: list) -> dict[int, 
     return out
 
 
+_ZERO_PROMOTE = re.compile(r"\s*\+\s*Promote\(-?0\.0, \([^)]*\)\)")
+
+
+def readable(constraint) -> str:
+    """A user's constraint as CVXPY prints it, without the zero CVXPY adds to ``X >> 0``
+    (printed "X + Promote(-0.0, (3, 3)) >> 0")."""
+    return _ZERO_PROMOTE.sub("", str(constraint))
+
+
 def _constraint_rows(
     problem: cp.Problem, param_prog, m: int, final_ids: dict[int, int]
 ) -> tuple[ConstraintRows, ...]:
     """Row ranges of the canonical constraints (in SCS's cone order), labelled with the
     user's constraint they come from, if any. Empty if the sizes do not add up."""
     user = {final_ids[c.id]: c for c in problem.constraints}
+    position = {c.id: i for i, c in enumerate(problem.constraints)}
     rows, start = [], 0
     for con in param_prog.constraints:
         kind = type(con).__name__
@@ -229,7 +241,9 @@ def _constraint_rows(
         else:
             size = int(con.size)
         if con.id in user:
-            label, is_user, uid = str(user[con.id]), True, user[con.id].id
+            original = user[con.id]
+            label = f"constraints[{position[original.id]}]: {readable(original)}"
+            is_user, uid = True, original.id
         else:
             label, is_user = f"auxiliary {kind} constraint (from canonicalization)", False
             uid = None

@@ -114,3 +114,20 @@ def test_error_wrong_container_types():
         compile_problem(prob, p, [x])
     with pytest.raises(CanonicalizationError, match="cvxpy.Problem"):
         compile_problem("not a problem", [p], [x])
+
+
+def test_constraint_rows_name_the_users_constraints_by_position():
+    """Rows of a user's constraint are labelled with its index in problem.constraints and
+    its text without the zero CVXPY adds to X >> 0; canonicalization's own rows are
+    labelled auxiliary. The rows of each label cover exactly that constraint's cone."""
+    C = cp.Parameter((3, 3), name="C")
+    X = cp.Variable((3, 3), symmetric=True, name="X")
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(X - C)), [X >> 0, cp.diag(X) == 1])
+    program = compile_problem(prob, [C], [X])
+    by_label = {c.label: c for c in program.constraints}
+    assert "constraints[0]: X >> 0" in by_label
+    assert by_label["constraints[0]: X >> 0"].stop - by_label["constraints[0]: X >> 0"].start == 6
+    diag = [c for c in program.constraints if c.label.startswith("constraints[1]: ")]
+    assert len(diag) == 1 and diag[0].stop - diag[0].start == 3
+    assert all("Promote" not in c.label for c in program.constraints)
+    assert any(not c.user and c.label.startswith("auxiliary") for c in program.constraints)
