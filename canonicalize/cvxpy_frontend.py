@@ -9,7 +9,6 @@ variables.
 from __future__ import annotations
 
 import re
-
 import threading
 import weakref
 from collections.abc import Sequence
