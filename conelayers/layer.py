@@ -147,7 +147,12 @@ def divide_by_log_values(
             arr[rows] /= np.exp(theta[rows])
 
 
-NONFINITE_STATUS = "NaN or Inf in its parameter values"
+MAX_MAGNITUDE = 1e150
+"""Largest |parameter value| accepted: SCS squares and sums data entries (norms,
+equilibration), which overflow near 1.3e154; a value of 1e300 ran 100000 iterations to
+status 'failed'."""
+
+NONFINITE_STATUS = "NaN, Inf or overflowing values in its parameters"
 """The status of a batch instance skipped for non-finite values (on_failure="nan")."""
 
 
@@ -375,10 +380,15 @@ class LayerCore:
                     f"(batch, *{slot.shape}), got {arr.shape}"
                 )
             arr = arr.astype(np.float64)
-            if not np.all(np.isfinite(arr)):
+            limit = np.inf if slot.log else MAX_MAGNITUDE  # DGP: θ = log(value)
+
+            def unusable(a: np.ndarray, limit: float = limit) -> np.ndarray:
+                return ~(np.abs(a) <= limit)  # NaN, ±Inf, or beyond the limit
+
+            if unusable(arr).any():
                 where = ""
                 if is_batched:
-                    bad = np.flatnonzero(~np.isfinite(arr.reshape(arr.shape[0], -1)).all(1))
+                    bad = np.flatnonzero(unusable(arr.reshape(arr.shape[0], -1)).any(1))
                     if mark_nonfinite and bad.size < arr.shape[0]:
                         nonfinite.update(int(i) for i in bad)
                         # Stand-in values (an unaffected instance's) keep the checks
@@ -390,9 +400,14 @@ class LayerCore:
                         shown = ", ".join(str(int(i)) for i in bad[:5])
                         more = f" and {bad.size - 5} more" if bad.size > 5 else ""
                         where = f" in batch instance(s) {shown}{more}"
-                if not np.all(np.isfinite(arr)):
+                if unusable(arr).any():
+                    finite = np.isfinite(arr).all()
                     raise ParameterError(
-                        f"parameter '{slot.name}' contains NaN or Inf{where}"
+                        f"parameter '{slot.name}' contains "
+                        + (f"entries beyond ±{MAX_MAGNITUDE:.0e} (max |value| "
+                           f"{np.abs(arr).max():.1e}), which overflow SCS's arithmetic: "
+                           "rescale the problem" if finite else "NaN or Inf")
+                        + where
                     )
             if slot.nonneg and np.any(arr < 0):
                 raise ParameterError(

@@ -75,7 +75,7 @@ def test_nonfinite_values_fail_only_their_instances_in_nan_mode(bad):
     lov[6, 0] = bad
     with pytest.raises(ParameterError, match=r"'q' contains NaN or Inf in batch instance\(s\) 3"):
         core.forward([qv, lov])
-    with pytest.warns(FailedInstanceWarning, match="instance 3: NaN or Inf.*instance 6: NaN"):
+    with pytest.warns(FailedInstanceWarning, match="instance 3: NaN, Inf.*instance 6: NaN"):
         result = core.forward([qv, lov], {"on_failure": "nan", "eps": 1e-9})
     out = result.outputs[0]
     assert np.isnan(out[[3, 6]]).all() and np.isfinite(np.delete(out, [3, 6], 0)).all()
@@ -116,3 +116,24 @@ def test_a_degenerate_batch_warns_once_per_kind_naming_every_instance():
     assert "instance 0: the solution is not unique" in nonunique[0]
     assert "and 3 more like these" in nonunique[0]
     assert all(r.warnings for r in result.reports)  # the per-instance reports keep all
+
+
+def test_values_that_overflow_scs_are_rejected_like_inf():
+    """|value| > 1e150 squares to overflow inside SCS (1e300 ran 100000 iterations to
+    status 'failed', with advice to raise max_iters): a ParameterError naming the
+    parameter and the magnitude; with on_failure="nan" only that instance fails."""
+    from conelayers.exceptions import ParameterError
+
+    prob, q, lo, x = _problem()
+    core = LayerCore(prob, [q, lo], [x])
+    qv, lov = _values()
+    lov[[2, 5]] = -1.0
+    qv[4, 0] = 1e300
+    with pytest.raises(ParameterError, match=r"'q' contains entries beyond ±1e\+150 \(max "
+                       r"\|value\| 1\.0e\+300\).*instance\(s\) 4"):
+        core.forward([qv, lov])
+    with pytest.warns(FailedInstanceWarning, match="instance 4: NaN, Inf or overflowing"):
+        result = core.forward([qv, lov], {"on_failure": "nan", "eps": 1e-9})
+    assert np.isnan(result.outputs[0][4]).all()
+    single = core.forward([qv[0], lov[0]], {"eps": 1e-9})
+    np.testing.assert_allclose(result.outputs[0][0], single.outputs[0][0], atol=1e-9)
