@@ -57,6 +57,7 @@ surfaces the same way.
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import warnings
 from collections import OrderedDict
@@ -72,6 +73,21 @@ import numpy as np
 
 from conelayers.exceptions import ConelayersError, ConelayersWarning, ParameterError
 from conelayers.layer import ForwardResult, LayerCore, check_float_dtypes, user_stacklevel
+
+
+class _OwnErrorsFilter(logging.Filter):
+    """Drops JAX's "jax.pure_callback failed" log record when the failure is one of our
+    errors: the layer raises that same error to the caller (outside jit) or JAX carries
+    its message (inside), so the logged traceback only duplicated it, ahead of it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, ConelayersError)
+
+
+_CALLBACK_LOGGER = logging.getLogger("jax._src.callback")
+if not any(isinstance(f, _OwnErrorsFilter) for f in _CALLBACK_LOGGER.filters):
+    _CALLBACK_LOGGER.addFilter(_OwnErrorsFilter())
 
 _VMAP_METHOD = "expand_dims"
 _PLAN_CACHE_SIZE = 64

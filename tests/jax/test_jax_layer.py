@@ -604,3 +604,31 @@ def test_error_traced_solver_args():
     A, b, lam = jnp.ones((m, n)), jnp.ones(m), jnp.asarray(1.0)
     with pytest.raises(ConelayersError, match="solver_args must be concrete"):
         jax.jit(lambda eps: layer(A, b, lam, solver_args={"eps": eps}))(1e-6)
+
+
+def test_a_value_error_is_raised_without_jax_logging_a_traceback_first(caplog):
+    """JAX logs "jax.pure_callback failed" with a traceback for any exception in a host
+    callback; for the layer's own errors (raised to the caller right after) that log is
+    dropped, for other exceptions it stays."""
+    import logging
+
+    from conelayers.exceptions import ParameterError
+    from conelayers.jax import CvxpyLayer
+    from conelayers.jax.layer import _OwnErrorsFilter
+
+    p = cp.Parameter(3, name="p")
+    x = cp.Variable(3)
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(x - p)), [x >= 0, cp.sum(x) == 1])
+    with jax.enable_x64(True):
+        layer = CvxpyLayer(prob, [p], [x])
+        with caplog.at_level(logging.ERROR), pytest.raises(ParameterError, match="'p'"):
+            layer(jnp.array([np.nan, 1.0, 2.0]))
+    assert not [r for r in caplog.records if "pure_callback" in r.getMessage()]
+
+    def record(exc: BaseException) -> logging.LogRecord:
+        return logging.LogRecord("jax._src.callback", logging.ERROR, __file__, 0,
+                                 "jax.pure_callback failed", (), (type(exc), exc, None))
+
+    keep = _OwnErrorsFilter()
+    assert not keep.filter(record(ParameterError("x")))
+    assert keep.filter(record(ValueError("someone else's callback")))
