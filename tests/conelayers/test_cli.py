@@ -234,3 +234,42 @@ def test_spot_check_refines_its_resolves_even_with_refine_off():
         pytest.skip(f"{path} missing")
     report = diagnose(str(path), eps=1e-6, solver_args={"refine": False})
     assert report["fd_check"]["relative_error"] < 1e-4
+
+
+def test_a_wrong_known_optimum_makes_the_verdict_inaccurate(tmp_path):
+    """theta1 next to a README that publishes a wrong optimum (24 instead of 23): the
+    objective does not match it, the report says so and the verdict is 'inaccurate'
+    (whatever the checks said at that point), with exit code 1. With the real README
+    the same file is 'ok'."""
+    src = SHARED / "sdplib" / "theta1.dat-s"
+    if not src.exists():
+        pytest.skip(f"{src} missing")
+    (tmp_path / "theta1.dat-s").write_text(src.read_text())
+    (tmp_path / "README.md").write_text(
+        "| Problem | m | n | Optimal Objective Value | Notes |\n"
+        "|---|---|---|---|---|\n"
+        "| theta1    |  104 |   50 |  2.400000e+01           |    11 |\n"
+    )
+    report = diagnose(str(tmp_path / "theta1.dat-s"))
+    assert report["known_optimum"] == 24.0 and report["off_known_optimum"]
+    assert abs(report["objective"] - 23.0) < 1e-6
+    assert report["verdict"] == "inaccurate"
+    assert main(["diagnose", str(tmp_path / "theta1.dat-s"), "--quiet"]) == 1
+    right = diagnose(str(src))
+    assert right["known_optimum"] == 23.0 and not right["off_known_optimum"]
+
+
+def test_an_unconverged_solve_is_inaccurate_not_singular(tmp_path):
+    """Five SCS iterations on a Lasso-like script: the forward warns that the solution is
+    inaccurate, and the verdict says so instead of what the checks found at that point."""
+    script = tmp_path / "lasso.py"
+    script.write_text(
+        "import cvxpy as cp\nimport numpy as np\n"
+        "rng = np.random.default_rng(0)\n"
+        "A = rng.standard_normal((30, 10)); b = cp.Parameter(30, value=rng.standard_normal(30))\n"
+        "x = cp.Variable(10)\n"
+        "problem = cp.Problem(cp.Minimize(cp.sum_squares(A @ x - b) + cp.norm1(x)))\n"
+    )
+    report = diagnose(str(script), max_iters=5)
+    assert any(w["category"] == "InaccurateSolutionWarning" for w in report["warnings"])
+    assert report["verdict"] == "inaccurate"
