@@ -30,6 +30,8 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 from scipy.sparse import csgraph
 
+from conelayers._threads import ThreadBound, release_handed_back
+
 SINGULAR_RTOL = 1e-10
 """σ/‖U‖ below which a direction counts as in the numerical null space."""
 
@@ -141,24 +143,27 @@ class FactorizationHints:
         self.plain_failures += int(failed)
 
 
-def _splu(M: sp.csc_matrix, hints: FactorizationHints):
+def _splu(M: sp.csc_matrix, hints: FactorizationHints) -> ThreadBound:
+    """SuperLU of M (column ordering from the hints, or timed here), held so that it is
+    freed in this thread (``_threads.ThreadBound``)."""
+    release_handed_back()
     if hints.permc_spec is not None:
-        return spla.splu(M, permc_spec=hints.permc_spec)
+        return ThreadBound(spla.splu(M, permc_spec=hints.permc_spec))
     t0 = time.perf_counter()
     lu = spla.splu(M, permc_spec="COLAMD")
     t_colamd = time.perf_counter() - t0
     if t_colamd < FactorizationHints.TRIAL_S:
         hints.permc_spec = "COLAMD"
-        return lu
+        return ThreadBound(lu)
     t0 = time.perf_counter()
     try:
         other = spla.splu(M, permc_spec="NATURAL")
     except RuntimeError:
         hints.permc_spec = "COLAMD"
-        return lu
+        return ThreadBound(lu)
     faster = time.perf_counter() - t0 < t_colamd
     hints.permc_spec = "NATURAL" if faster else "COLAMD"
-    return other if faster else lu
+    return ThreadBound(other if faster else lu)
 
 
 class _SparseLU:
@@ -185,13 +190,13 @@ class _SparseLU:
             except RuntimeError:
                 hints.record_plain(failed=True)
                 self._lu = _splu(shifted(), hints)
-        self.pivots = np.abs(self._lu.U.diagonal())
+        self.pivots = np.abs(self._lu.value.U.diagonal())
         if not np.all(np.isfinite(self.pivots)) or self.pivots.min(initial=1.0) == 0.0:
             self._lu = _splu(shifted(), hints)
-            self.pivots = np.abs(self._lu.U.diagonal())
+            self.pivots = np.abs(self._lu.value.U.diagonal())
 
     def solve(self, rhs: np.ndarray, transpose: bool) -> np.ndarray:
-        return self._lu.solve(rhs, trans="T" if transpose else "N")
+        return self._lu.value.solve(rhs, trans="T" if transpose else "N")
 
 
 class _DenseLU:

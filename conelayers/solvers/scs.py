@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +14,7 @@ import scipy.sparse as sp
 import scs
 
 from canonicalize.cones import ConeDims
-from conelayers._threads import batch_workers
+from conelayers._threads import batch_workers, run_all
 from conelayers.exceptions import SettingsError
 
 DEFAULT_SETTINGS: dict = {"eps_abs": 1e-4, "eps_rel": 1e-4, "max_iters": 100_000}
@@ -323,13 +322,11 @@ def solve_batch(
         chunks = [list(c) for c in np.array_split(np.arange(len(programs)), jobs)]
         if jobs == 1:
             return solve_sharing_matrices(programs, settings, pool)
-        with ThreadPoolExecutor(max_workers=jobs) as executor:
-            parts = executor.map(
-                lambda idx: solve_sharing_matrices([programs[i] for i in idx], settings, pool),
-                chunks,
-            )
-            return [sol for part in parts for sol in part]
+        parts = run_all(
+            lambda idx: solve_sharing_matrices([programs[i] for i in idx], settings, pool),
+            chunks, jobs,
+        )
+        return [sol for part in parts for sol in part]
     if jobs == 1:
         return [solve(p, settings) for p in programs]
-    with ThreadPoolExecutor(max_workers=jobs) as executor:
-        return list(executor.map(lambda p: solve(p, settings), programs))
+    return run_all(lambda p: solve(p, settings), programs, jobs)
