@@ -216,6 +216,7 @@ class ForwardResult:
     n_jobs: int | None = None  # threads over the batch (None: one per core)
     _derivatives: dict = field(default_factory=dict)
     reports: list[CheckReport] | None = None
+    _warned: bool = False  # the reports' warnings were emitted (without raising)
     theta: np.ndarray | None = None  # (p, B), as passed to the cone programs
     failed: frozenset = frozenset()  # instances without a solution (on_failure="nan")
     _outputs: list = field(default_factory=list)  # private copies read by vjp/jvp
@@ -239,7 +240,9 @@ class ForwardResult:
         return self._derivatives[k]
 
     def check(self, program: ParametricConeProgram) -> list[CheckReport]:
-        """Run the trust checks on every instance (once) and emit their warnings."""
+        """Run the trust checks on every instance (once) and emit their warnings (until
+        emitting succeeds once: a warning turned into an error by a filter raises again
+        on every later vjp/jvp of this result, so no gradient slips out unwarned)."""
         if self.reports is None:
 
             def report(k: int) -> CheckReport:
@@ -254,11 +257,13 @@ class ForwardResult:
 
             # Warnings are composed in the threads and emitted here, in order.
             self.reports = map_batch(report, len(self.solutions), self.n_jobs)
+        if not self._warned:
             emit_grouped(
                 [(category, rep.index, message) for rep in self.reports
                  for category, message in rep.warnings],
                 len(self.solutions),
             )
+            self._warned = True
         return self.reports
 
 

@@ -243,3 +243,32 @@ def test_trust_warning_as_error_stops_before_gradients_are_written():
         with pytest.raises(SingularJacobianWarning, match="instance 0"):
             out.sum().backward()
     assert pt.grad is None
+
+
+def test_a_retried_backward_raises_the_warning_again():
+    """After the error-filtered warning stopped one backward, a second backward of the
+    same graph raises again instead of writing the unjustified gradient silently; once
+    the filter is lifted the warning is emitted (once) and the gradient written."""
+    import warnings
+
+    from conelayers.exceptions import NonUniqueSolutionWarning
+
+    x = cp.Variable(3)
+    c = cp.Parameter(3)
+    layer = CvxpyLayer(cp.Problem(cp.Minimize(c @ x), [x >= 0, cp.sum(x) == 1]),
+                       parameters=[c], variables=[x])
+    ct = torch.tensor([[1.0, 1.0, 2.0], [0.3, 2.0, 1.0]], dtype=torch.float64,
+                      requires_grad=True)  # instance 0: a tie, a segment of solutions
+    (xs,) = layer(ct)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NonUniqueSolutionWarning)
+        for _ in range(2):
+            with pytest.raises(NonUniqueSolutionWarning, match="instance 0"):
+                xs.sum().backward(retain_graph=True)
+            assert ct.grad is None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        xs.sum().backward(retain_graph=True)
+        xs.sum().backward()
+    assert ct.grad is not None
+    assert sum(issubclass(w.category, NonUniqueSolutionWarning) for w in caught) == 1
