@@ -93,8 +93,23 @@ def _check_settings(settings: dict) -> None:
         if key in ("max_iters", "acceleration_lookback", "acceleration_interval"):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise SettingsError(f"solver_args: {key} must be an integer, got {value!r}")
-            if key == "max_iters" and value < 1:
-                raise SettingsError(f"solver_args: max_iters must be >= 1, got {value!r}")
+            least = {"max_iters": 1, "acceleration_lookback": 0, "acceleration_interval": 1}
+            if value < least[key]:
+                raise SettingsError(
+                    f"solver_args: {key} must be >= {least[key]}, got {value!r}"
+                )
+        if key in ("scale", "rho_x") and value == 0:
+            raise SettingsError(f"solver_args: {key} must be positive, got {value!r}")
+        if key == "alpha" and not 0 < value < 2:
+            raise SettingsError(f"solver_args: alpha must be in (0, 2), got {value!r}")
+        if key in ("verbose", "normalize", "adaptive_scale") and not isinstance(
+            value, (bool, np.bool_)
+        ):
+            raise SettingsError(f"solver_args: {key} must be True or False, got {value!r}")
+        if key in ("write_data_filename", "log_csv_filename") and not (
+            value is None or isinstance(value, str)
+        ):
+            raise SettingsError(f"solver_args: {key} must be a file name, got {value!r}")
 
 
 def normalize_settings(solver_args: dict | None) -> dict:
@@ -316,6 +331,8 @@ def solve_batch(
     if not programs:
         return []
     jobs = batch_workers(len(programs), n_jobs)
+    if settings.get("write_data_filename") or settings.get("log_csv_filename"):
+        jobs = 1  # one writer at a time: the file holds the last workspace's setup
     if pool is not None or (len(programs) > 1 and _share_matrices(programs)):
         if not _share_matrices(programs):
             raise ValueError("a workspace pool serves only instances sharing A and P")

@@ -155,3 +155,42 @@ def test_fixed_matrices_keep_the_scs_workspace_across_calls(monkeypatch):
     for _ in range(2):
         varying.forward(z.values, args)
     assert len(built) == 2 and len(varying.scs_workspaces) == 0
+
+
+@pytest.mark.parametrize(("solver_args", "named"), [
+    ({"alpha": 5.0}, "alpha"), ({"scale": 0.0}, "scale"), ({"rho_x": 0.0}, "rho_x"),
+    ({"acceleration_lookback": -5}, "acceleration_lookback"),
+    ({"acceleration_interval": 0}, "acceleration_interval"),
+    ({"verbose": 2}, "verbose"), ({"normalize": "yes"}, "normalize"),
+    ({"adaptive_scale": "no"}, "adaptive_scale"), ({"verbose": [1]}, "verbose"),
+    ({"write_data_filename": 3}, "write_data_filename"),
+])
+def test_values_scs_would_reject_raise_settings_error(solver_args, named):
+    """Each of these reached SCS and came back as a bare ValueError/TypeError (or, for
+    a list, a TypeError from hashing the workspace pool's key)."""
+    z = zoo.make("least_squares")
+    core = LayerCore(z.problem, z.parameters, z.variables)
+    with pytest.raises(SettingsError, match=named):
+        core.forward(z.values, solver_args)
+
+
+def test_file_writing_settings_solve_the_batch_in_one_thread(tmp_path, monkeypatch):
+    """write_data_filename: SCS writes the file at each setup; the batch then runs in one
+    thread, so two workspaces never write the same path at once."""
+    import threading
+
+    import conelayers.solvers.scs as scs_mod
+
+    seen = set()
+    real = scs_mod._workspace
+    monkeypatch.setattr(scs_mod, "_workspace",
+                        lambda p, s: seen.add(threading.get_ident()) or real(p, s))
+    n = 4
+    p = cp.Parameter(n)
+    x = cp.Variable(n)
+    core = LayerCore(cp.Problem(cp.Minimize(cp.sum_squares(x - p)), [x >= 0]), [p], [x])
+    values = np.random.default_rng(0).standard_normal((6, n))
+    out = core.forward([values], {"write_data_filename": str(tmp_path / "d.bin"),
+                                  "n_jobs": 2}).outputs[0]
+    np.testing.assert_allclose(out, np.maximum(values, 0), atol=1e-8)
+    assert len(seen) == 1 and (tmp_path / "d.bin").exists()
