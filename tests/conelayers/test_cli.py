@@ -237,26 +237,31 @@ def test_spot_check_refines_its_resolves_even_with_refine_off():
 
 
 def test_a_wrong_known_optimum_makes_the_verdict_inaccurate(tmp_path):
-    """theta1 next to a README that publishes a wrong optimum (24 instead of 23): the
-    objective does not match it, the report says so and the verdict is 'inaccurate'
-    (whatever the checks said at that point), with exit code 1. With the real README
-    the same file is 'ok'."""
-    src = SHARED / "sdplib" / "theta1.dat-s"
-    if not src.exists():
-        pytest.skip(f"{src} missing")
-    (tmp_path / "theta1.dat-s").write_text(src.read_text())
-    (tmp_path / "README.md").write_text(
-        "| Problem | m | n | Optimal Objective Value | Notes |\n"
-        "|---|---|---|---|---|\n"
-        "| theta1    |  104 |   50 |  2.400000e+01           |    11 |\n"
+    """An SDPA file (min x s.t. x·I − diag(1, 2) ⪰ 0: optimum 2) next to a README in
+    SDPLIB's table format that publishes 3: the objective does not match, the report
+    says so and the verdict is 'inaccurate' whatever the checks found, with exit code 1;
+    next to a README with the right value the optimum counts as matched."""
+    (tmp_path / "tiny1.dat-s").write_text(
+        "1 =mdim\n1 =nblocks\n2\n1.0\n"
+        "0 1 1 1 1.0\n0 1 2 2 2.0\n1 1 1 1 1.0\n1 1 2 2 1.0\n"
     )
-    report = diagnose(str(tmp_path / "theta1.dat-s"))
-    assert report["known_optimum"] == 24.0 and report["off_known_optimum"]
-    assert abs(report["objective"] - 23.0) < 1e-6
+
+    def readme(value: str) -> None:
+        (tmp_path / "README.md").write_text(
+            "| Problem | m | n | Optimal Objective Value | Notes |\n|---|---|---|---|---|\n"
+            f"| tiny1 | 1 | 2 | {value} | |\n"
+        )
+
+    readme("3.000000e+00")
+    report = diagnose(str(tmp_path / "tiny1.dat-s"))
+    assert report["known_optimum"] == 3.0 and report["off_known_optimum"]
+    assert abs(report["objective"] - 2.0) < 1e-8
     assert report["verdict"] == "inaccurate"
-    assert main(["diagnose", str(tmp_path / "theta1.dat-s"), "--quiet"]) == 1
-    right = diagnose(str(src))
-    assert right["known_optimum"] == 23.0 and not right["off_known_optimum"]
+    assert main(["diagnose", str(tmp_path / "tiny1.dat-s"), "--quiet"]) == 1
+    readme("2.000000e+00")
+    right = diagnose(str(tmp_path / "tiny1.dat-s"))
+    assert right["known_optimum"] == 2.0 and not right["off_known_optimum"]
+    assert right["verdict"] != "inaccurate"
 
 
 def test_an_unconverged_solve_is_inaccurate_not_singular(tmp_path):

@@ -175,24 +175,32 @@ def test_concurrent_calls_restore_the_process_blas_threads(monkeypatch):
     original = layer_module.solve_batch
     a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
 
-    def scheduled(programs, settings, n_jobs=None):
+    def scheduled(programs, settings, **kwargs):
         if threading.current_thread().name == "A":
             a_in.set()
             assert b_in.wait(30)
         else:
             b_in.set()
             assert a_out.wait(30)
-        return original(programs, settings, n_jobs=n_jobs)
+        return original(programs, settings, **kwargs)
 
     monkeypatch.setattr(layer_module, "solve_batch", scheduled)
+    errors: list[BaseException] = []
 
     def run_a():
-        core.forward(z.values)
-        a_out.set()
+        try:
+            core.forward(z.values)
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+        finally:
+            a_out.set()
 
     def run_b():
-        assert a_in.wait(30)
-        core.forward(z.values)
+        try:
+            assert a_in.wait(30)
+            core.forward(z.values)
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
 
     threads = [threading.Thread(target=run_a, name="A"),
                threading.Thread(target=run_b, name="B")]
@@ -202,6 +210,7 @@ def test_concurrent_calls_restore_the_process_blas_threads(monkeypatch):
         t.join(timeout=60)
     after = _blas_threads()
     try:
+        assert not errors, errors  # both forwards ran (a failure used to pass unnoticed)
         assert after == baseline, f"BLAS threads {baseline} before, {after} after"
     finally:
         _restore_blas_threads(baseline)
