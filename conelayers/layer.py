@@ -303,6 +303,15 @@ class LayerCore:
         core.parameters = list(program.parameters)
         return core
 
+    def __getstate__(self) -> dict:
+        """Pickled with a fresh copy of the user's problem: once the user has solved it
+        with CVXPY, the problem holds a solver cache that cannot be pickled (deepcopy and
+        pickle of the layer then failed)."""
+        state = self.__dict__.copy()
+        if state.get("problem") is not None:
+            state["problem"] = cp.Problem(self.problem.objective, self.problem.constraints)
+        return state
+
     def _setup(self, program: ParametricConeProgram, solver_args: dict | None,
                checks: str) -> None:
         self.program = program

@@ -13,6 +13,7 @@ import pickle
 import threading
 import warnings
 
+import cvxpy as cp
 import numpy as np
 import pytest
 
@@ -366,3 +367,22 @@ def test_in_place_change_of_an_output_does_not_change_the_gradient():
     after = grad(True)
     # Either the gradient is unaffected, or torch refuses (as for saved tensors).
     torch.testing.assert_close(after, clean)
+
+
+@pytest.mark.parametrize("how", ["pickle", "deepcopy"])
+def test_layer_copies_after_the_user_solved_the_problem_with_cvxpy(how):
+    """Checking the layer against problem.solve() leaves a solver cache in the problem
+    that cannot be pickled; the layer still copies, and the copy gives the projection
+    max(q, 0) of the original."""
+    torch = pytest.importorskip("torch")
+    from conelayers.torch import CvxpyLayer
+
+    x = cp.Variable(2)
+    q = cp.Parameter(2, value=np.ones(2))
+    problem = cp.Problem(cp.Minimize(cp.sum_squares(x - q)), [x >= 0])
+    layer = CvxpyLayer(problem, parameters=[q], variables=[x])
+    problem.solve(solver=cp.CLARABEL)
+    copied = copy.deepcopy(layer) if how == "deepcopy" else pickle.loads(pickle.dumps(layer))
+    (out,) = copied(torch.tensor([1.5, -2.0], dtype=torch.float64))
+    np.testing.assert_allclose(out.numpy(), [1.5, 0.0], atol=1e-9)
+    assert problem.value == pytest.approx(0.0, abs=1e-8)  # the original is untouched
