@@ -152,6 +152,36 @@ MAX_MAGNITUDE = 1e150
 equilibration), which overflow near 1.3e154; a value of 1e300 ran 100000 iterations to
 status 'failed'."""
 
+def _check_sign(slot, arr: np.ndarray, is_batched: bool, skip: frozenset | set) -> None:
+    """ParameterError for values outside a declared sign (nonneg, pos, nonpos), naming the
+    batch instances; instances in ``skip`` (already failed) are not judged."""
+    keep = np.ones(arr.shape[0], dtype=bool) if is_batched else None
+    if is_batched and skip:
+        keep[list(skip)] = False
+    rules = (
+        (slot.nonneg, lambda a: a < 0, "declared nonneg but has negative entries", "min"),
+        (slot.positive or slot.log, lambda a: a <= 0, "declared pos but has entries <= 0",
+         "min"),
+        (slot.nonpos, lambda a: a > 0, "declared nonpos but has positive entries", "max"),
+    )
+    for applies, violates, text, extreme in rules:
+        if not applies:
+            continue
+        bad = violates(arr)
+        if is_batched:
+            rows = np.flatnonzero(bad.reshape(arr.shape[0], -1).any(1) & keep)
+            if rows.size == 0:
+                continue
+            value = getattr(arr[rows], extreme)()
+            where = f" in batch instance(s) {', '.join(map(str, rows[:5]))}" + (
+                " ..." if rows.size > 5 else "")
+        else:
+            if not bad.any():
+                continue
+            value, where = getattr(arr, extreme)(), ""
+        raise ParameterError(f"parameter '{slot.name}' is {text} ({extreme} {value:.3g}){where}")
+
+
 NONFINITE_STATUS = "NaN, Inf or overflowing values in its parameters"
 """The status of a batch instance skipped for non-finite values (on_failure="nan")."""
 
@@ -423,21 +453,6 @@ class LayerCore:
                            "rescale the problem" if finite else "NaN or Inf")
                         + where
                     )
-            if slot.nonneg and np.any(arr < 0):
-                raise ParameterError(
-                    f"parameter '{slot.name}' is declared nonneg but has negative entries "
-                    f"(min {arr.min():.3g})"
-                )
-            if (slot.positive or slot.log) and np.any(arr <= 0):
-                raise ParameterError(
-                    f"parameter '{slot.name}' is declared pos but has entries <= 0 "
-                    f"(min {arr.min():.3g})"
-                )
-            if slot.nonpos and np.any(arr > 0):
-                raise ParameterError(
-                    f"parameter '{slot.name}' is declared nonpos but has positive entries "
-                    f"(max {arr.max():.3g})"
-                )
             if is_batched and arr.shape[0] == 0:
                 raise ParameterError(
                     f"empty batch: parameter '{slot.name}' has a batch dimension of size 0 "
@@ -448,6 +463,14 @@ class LayerCore:
         check_float_dtypes([s.name for s in self.program.parameters],
                            [np.asarray(v).dtype for v in values])
         B = batch if batch is not None else 1
+        if nonfinite and len(nonfinite) == B:
+            raise ParameterError(
+                "every batch instance has NaN, Inf or overflowing parameter values "
+                f"(instances {', '.join(map(str, sorted(nonfinite)[:5]))}"
+                + (" ..." if B > 5 else "") + ")"
+            )
+        for slot, arr, is_batched in zip(self.program.parameters, arrays, batched):
+            _check_sign(slot, arr, is_batched, nonfinite)
         theta = np.zeros((self.program.num_theta, B))
         for slot, arr, is_batched in zip(self.program.parameters, arrays, batched):
             flat = vec_batch(arr) if is_batched else arr.ravel(order="F")[:, None]

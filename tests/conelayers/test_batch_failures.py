@@ -137,3 +137,36 @@ def test_values_that_overflow_scs_are_rejected_like_inf():
     assert np.isnan(result.outputs[0][4]).all()
     single = core.forward([qv[0], lov[0]], {"eps": 1e-9})
     np.testing.assert_allclose(result.outputs[0][0], single.outputs[0][0], atol=1e-9)
+
+
+def test_nan_mode_judges_the_batch_as_a_whole():
+    """NaN spread over two parameters that together cover every instance raises, as NaN
+    in every instance of one parameter does; a sign violation in an instance that already
+    fails for NaN does not stop the rest; sign errors name the instances."""
+    from conelayers.exceptions import ParameterError
+
+    q = cp.Parameter(3, name="q")
+    w = cp.Parameter(3, name="w", nonneg=True)
+    x = cp.Variable(3)
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(x - q) + w @ cp.abs(x)), [cp.sum(x) <= 1])
+    core = LayerCore(prob, [q, w], [x])
+    rng = np.random.default_rng(3)
+    qv, wv = rng.standard_normal((5, 3)), np.abs(rng.standard_normal((5, 3)))
+    nan_args = {"on_failure": "nan", "eps": 1e-9}
+    q_all, w_all = qv.copy(), wv.copy()
+    q_all[0, 0] = np.nan
+    w_all[1:, 0] = np.nan
+    with pytest.raises(ParameterError, match="every batch instance"):
+        core.forward([q_all, w_all], nan_args)
+    q_bad, w_bad = qv.copy(), wv.copy()
+    q_bad[1, 0] = np.nan
+    w_bad[1, 2] = -1.0  # instance 1 fails anyway
+    with pytest.warns(FailedInstanceWarning, match="instance 1: NaN"):
+        result = core.forward([q_bad, w_bad], nan_args)
+    out = result.outputs[0]
+    assert np.isnan(out[1]).all() and np.isfinite(out[[0, 2, 3, 4]]).all()
+    w_neg = wv.copy()
+    w_neg[3, 1] = -0.5
+    with pytest.raises(ParameterError,
+                       match=r"'w' is declared nonneg .*min -0\.5.* instance\(s\) 3"):
+        core.forward([qv, w_neg], nan_args)
