@@ -619,9 +619,13 @@ class LayerCore:
             for i in sorted(failures)
         )
         if failures and on_failure == "nan":
+            which = sorted(failures)
+            head = (f"instance {which[0]}" if len(which) == 1 else
+                    f"instances {', '.join(map(str, which))} ({len(which)} of "
+                    f"{len(solutions)} in the batch)")
             warnings.warn(
-                f"no solution for {describe_failures(failures)}: their outputs are NaN and "
-                "their gradients zero (on_failure='nan')",
+                f"{head}: no solution ({describe_failures(failures)}): their outputs are "
+                "NaN and their gradients zero (on_failure='nan')",
                 FailedInstanceWarning, stacklevel=user_stacklevel(),
             )
             return frozenset(failures)

@@ -40,7 +40,8 @@ def test_nan_mode_keeps_the_other_instances():
     prob, q, lo, x = _problem()
     core = LayerCore(prob, [q, lo], [x])
     qv, lov = _values()
-    with pytest.warns(FailedInstanceWarning, match="instance 2: infeasible, instance 5"):
+    with pytest.warns(FailedInstanceWarning, match=r"^instances 2, 5 \(2 of 8 in the batch\): "
+                      r"no solution \(instance 2: infeasible, instance 5"):
         result = core.forward([qv, lov], {"on_failure": "nan", "eps": 1e-9})
     out = result.outputs[0]
     assert np.isnan(out[[2, 5]]).all() and np.isfinite(np.delete(out, [2, 5], 0)).all()
