@@ -100,10 +100,9 @@ _pools_lock = threading.Lock()
 
 
 def shared_pool(jobs: int) -> ThreadPoolExecutor:
-    """The process's pool of ``jobs`` worker threads, created on first use and kept.
-    Threads created per call leaked native memory: each new thread that runs BLAS or
-    SuperLU gets its own native buffers, and RSS grew by ~3 MB per batched call of a
-    QP with n = 150 (184 MB over 60 calls) with a fresh ThreadPoolExecutor per call."""
+    """The process's pool of ``jobs`` worker threads, created on first use and kept:
+    starting threads on every call cost the small batched cells, and ``ThreadBound``
+    needs the threads that made a factorization to come back and free it."""
     with _pools_lock:
         pool = _pools.get(jobs)
         if pool is None:

@@ -110,5 +110,16 @@ def describe_failures(failures: dict[int, str]) -> str:
     return ", ".join(f"instance {i}: {status}" for i, status in sorted(failures.items()))
 
 
-def batch_label(indices: Sequence[int]) -> str:
-    return "instance" + ("s " if len(indices) != 1 else " ") + ", ".join(map(str, indices))
+def batch_label(indices: Sequence[int], batch: int | None = None) -> str:
+    """'instance 3', or 'instances 2, 5' (with ``batch``: 'instances 2, 5 (2 of 8 in
+    the batch)')."""
+    if len(indices) == 1:
+        return f"instance {indices[0]}"
+    count = f" ({len(indices)} of {batch} in the batch)" if batch is not None else ""
+    return f"instances {', '.join(map(str, indices))}{count}"
+
+
+def first_few(indices: Sequence[int], shown: int = 5) -> str:
+    """'1, 3' or '0, 1, 2, 3, 4 and 3 more': a list of batch instances in a message."""
+    listed = ", ".join(str(int(i)) for i in indices[:shown])
+    return listed + (f" and {len(indices) - shown} more" if len(indices) > shown else "")

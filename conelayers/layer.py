@@ -40,7 +40,9 @@ from conelayers.exceptions import (
     SettingsError,
     SolverError,
     UnboundedError,
+    batch_label,
     describe_failures,
+    first_few,
 )
 from conelayers.linsolve import FactorizationHints
 from conelayers.refine import refine_solution
@@ -102,11 +104,8 @@ def emit_grouped(items: Sequence[tuple[type, int, str]], batch: int) -> None:
         quoted = " | ".join(m for _, m in entries[:GROUPED_DETAILS])
         more = len(entries) - GROUPED_DETAILS
         tail = f" | and {more} more like these" if more > 0 else ""
-        warnings.warn(
-            f"instances {', '.join(map(str, indices))} ({len(entries)} of {batch} in the "
-            f"batch): {quoted}{tail}",
-            category, stacklevel=level,
-        )
+        warnings.warn(f"{batch_label(indices, batch)}: {quoted}{tail}", category,
+                      stacklevel=level)
 
 
 def check_float_dtypes(names: Sequence[str], dtypes: Sequence) -> None:
@@ -152,6 +151,7 @@ MAX_MAGNITUDE = 1e150
 equilibration), which overflow near 1.3e154; a value of 1e300 ran 100000 iterations to
 status 'failed'."""
 
+
 def _check_sign(slot, arr: np.ndarray, is_batched: bool, skip: frozenset | set) -> None:
     """ParameterError for values outside a declared sign (nonneg, pos, nonpos), naming the
     batch instances; instances in ``skip`` (already failed) are not judged."""
@@ -173,8 +173,7 @@ def _check_sign(slot, arr: np.ndarray, is_batched: bool, skip: frozenset | set) 
             if rows.size == 0:
                 continue
             value = getattr(arr[rows], extreme)()
-            where = f" in batch instance(s) {', '.join(map(str, rows[:5]))}" + (
-                " ..." if rows.size > 5 else "")
+            where = f" in batch instance(s) {first_few(rows)}"
         else:
             if not bad.any():
                 continue
@@ -380,9 +379,9 @@ class LayerCore:
     def _validated(
         self, values: Sequence[np.ndarray], mark_nonfinite: bool
     ) -> tuple[np.ndarray, int | None, list[bool], frozenset]:
-        """``parameter_values`` and the batch instances whose values hold NaN or Inf:
-        with ``mark_nonfinite`` those instances are returned instead of raising (unless
-        every instance is affected)."""
+        """``parameter_values`` and the batch instances whose values are NaN, Inf or
+        beyond MAX_MAGNITUDE: with ``mark_nonfinite`` those instances are returned instead
+        of raising (unless every instance is affected)."""
         nonfinite: set[int] = set()
         if len(values) != len(self.program.parameters):
             raise ParameterError(
@@ -441,9 +440,7 @@ class LayerCore:
                         arr = arr.copy()
                         arr[bad] = arr[good]
                     else:
-                        shown = ", ".join(str(int(i)) for i in bad[:5])
-                        more = f" and {bad.size - 5} more" if bad.size > 5 else ""
-                        where = f" in batch instance(s) {shown}{more}"
+                        where = f" in batch instance(s) {first_few(bad)}"
                 if unusable(arr).any():
                     finite = np.isfinite(arr).all()
                     raise ParameterError(
@@ -466,8 +463,7 @@ class LayerCore:
         if nonfinite and len(nonfinite) == B:
             raise ParameterError(
                 "every batch instance has NaN, Inf or overflowing parameter values "
-                f"(instances {', '.join(map(str, sorted(nonfinite)[:5]))}"
-                + (" ..." if B > 5 else "") + ")"
+                f"(instances {first_few(sorted(nonfinite))})"
             )
         for slot, arr, is_batched in zip(self.program.parameters, arrays, batched):
             _check_sign(slot, arr, is_batched, nonfinite)
@@ -619,10 +615,7 @@ class LayerCore:
             for i in sorted(failures)
         )
         if failures and on_failure == "nan":
-            which = sorted(failures)
-            head = (f"instance {which[0]}" if len(which) == 1 else
-                    f"instances {', '.join(map(str, which))} ({len(which)} of "
-                    f"{len(solutions)} in the batch)")
+            head = batch_label(sorted(failures), len(solutions))
             warnings.warn(
                 f"{head}: no solution ({describe_failures(failures)}): their outputs are "
                 "NaN and their gradients zero (on_failure='nan')",

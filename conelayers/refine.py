@@ -58,7 +58,6 @@ def refine_solution(
     if solution.status != SOLVED:
         return z, None  # SCS itself did not converge: a tighter warm start will not either
     best, best_info = z, info
-    best_norm = float(np.linalg.norm(residual(z)))
     start = solution
     for eps in POLISH_STAGES:
         polish = dict(settings)
@@ -66,15 +65,14 @@ def refine_solution(
         polish["eps_rel"] = min(polish.get("eps_rel", 1e-4), eps)
         polish["max_iters"] = min(POLISH_MAX_ITERS, max(2000, 5 * solution.iterations))
         second = solve(residual.program, polish, warm_start=(start.x, start.y, start.s))
-        if second.status != SOLVED and not second.has_solution:
+        if not second.has_solution:
             break
         z2, info2 = newton_refine(
             residual, residual.z_from_solution(second.x, second.y, second.s),
             selection=selection,
         )
-        norm2 = float(np.linalg.norm(residual(z2)))
-        if norm2 < best_norm:
-            best, best_info, best_norm = z2, info2, norm2
+        if info2.residual_after < best_info.residual_after:  # ‖N‖ at z2 and at best
+            best, best_info = z2, info2
         if relative_residual(residual, best) <= ACCURACY_RTOL:
             break
         start = second

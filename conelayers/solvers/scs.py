@@ -172,15 +172,15 @@ class WorkspacePool:
     workspace serves one thread at a time; the pool itself is thread-safe.
 
     Only a workspace whose step-size scale never moved (no scale update in any of its
-    solves) is kept. SCS
-    adapts that scale during a solve and never resets it (``scs_update`` changes only b
-    and c), and a drifted scale can cost many iterations on the next, different
-    instance: measured over 16 distinct draws called one by one, lp/medium took 1578
-    iterations on average from kept workspaces against 470 from fresh ones. With the
-    scale unchanged, a kept workspace differs from a fresh one only by SCS's
-    acceleration memory, and calls were 1.1-3.5× faster (lasso/medium 22.3 → 6.3 ms,
-    sdp/medium 8.6 → 2.6 ms; ``benchmarks/side_by_side.py`` measures it on distinct
-    values for both libraries)."""
+    solves) is kept. SCS adapts that scale during a solve and never resets it
+    (``scs_update`` changes only b and c), and a drifted scale can cost many iterations
+    on the next, different instance: measured over 16 distinct draws called one by one,
+    lp/medium took 1578 iterations on average from kept workspaces against 470 from
+    fresh ones. With the scale unchanged, a kept workspace differs from a fresh one only
+    by SCS's acceleration memory; on the same draws the SCS part of a call went from
+    21.5 to 6.0 ms on lasso/medium and from 10.0 to 5.3 ms on qp/medium, and no family
+    got slower (``benchmarks/distinct_values.py`` times whole calls of both libraries on
+    distinct values)."""
 
     MAX_SETTINGS = 4
     """Distinct settings kept at once (least recently used dropped first)."""
@@ -204,7 +204,7 @@ class WorkspacePool:
     def key(program: ConeProgram, settings: dict) -> tuple | None:
         """The pool key of a program's matrices and settings, or None when it must not
         be pooled (settings that write files at setup)."""
-        if settings.get("write_data_filename") or settings.get("log_csv_filename"):
+        if _writes_files(settings):
             return None
         return (id(program.A), id(program.P), tuple(sorted(settings.items())))
 
@@ -256,6 +256,12 @@ class _Workspace:
 REUSE_ITERATION_FACTOR = 2
 """Within a batch, reuse stops when a solve takes more than this many times the
 iterations of the workspace's first solve (at least 25)."""
+
+
+def _writes_files(settings: dict) -> bool:
+    """Whether SCS writes files at setup with these settings (data dump, CSV log)."""
+    return bool(settings.get("write_data_filename") or settings.get("log_csv_filename"))
+
 
 def _run(solver: scs.SCS, **kwargs) -> tuple[ConeSolution, bool]:
     """Solve; also say whether the workspace's scale stayed where it started."""
@@ -331,7 +337,7 @@ def solve_batch(
     if not programs:
         return []
     jobs = batch_workers(len(programs), n_jobs)
-    if settings.get("write_data_filename") or settings.get("log_csv_filename"):
+    if _writes_files(settings):
         jobs = 1  # one writer at a time: the file holds the last workspace's setup
     if pool is not None or (len(programs) > 1 and _share_matrices(programs)):
         if not _share_matrices(programs):
