@@ -12,7 +12,7 @@ import conelayers.residual as residual_mod
 from conelayers.layer import LayerCore
 from conelayers.linsolve import NullSpaceLU
 from conelayers.residual import ResidualMap, newton_refine
-from conelayers.schur import SchurLU, fixed_block
+from conelayers.schur import SchurKrylov, SchurLU, fixed_block
 from conelayers.solvers.scs import solve
 
 TIGHT = {"eps_abs": 1e-9, "eps_rel": 1e-9, "max_iters": 50_000}
@@ -138,3 +138,66 @@ def test_no_schur_block_when_a_parameter_enters_a():
     result = core.forward([np.linspace(0.5, 2.0, n)], TIGHT)
     assert isinstance(result.derivative(0).U.factorization(), NullSpaceLU)
     assert not core.factor_hints.schur_blocks
+
+
+# -- the matrix-free Schur complement with GMRES (large programs) -------------------------
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_schur_krylov_solve_matches_dense(transpose):
+    core = _nearest_correlation()
+    _, jac = _refined_jacobian(core, _value(12, 8))
+    fixed = fixed_block(jac.program, core.factor_hints.schur_blocks, dense=False)
+    assert fixed is not None
+    krylov = SchurKrylov(fixed, jac.J)
+    U = jac.todense()
+    rhs = np.random.default_rng(9).standard_normal(jac.size)
+    ref = np.linalg.solve(U.T if transpose else U, rhs)
+    w = krylov.solve(rhs, transpose)
+    # GMRES stops at 1e-12 relative on S; cond(U) of this problem is ~1e2.
+    np.testing.assert_allclose(w, ref, atol=1e-9 * np.abs(ref).max())
+    assert 0 < krylov.iterations < fixed.mv  # converged well before n steps
+
+
+def _iterative(monkeypatch) -> None:
+    """Send every program to the iterative path (as above DIRECT_MAX_SIZE)."""
+    monkeypatch.setattr(residual_mod, "prefers_direct", lambda program: False)
+
+
+def test_iterative_path_uses_schur_gmres_and_matches_finite_differences(monkeypatch):
+    """The same nearest-correlation gradient as above, through Schur–GMRES (Newton
+    steps and the vjp): against central differences (tolerances as above) and against
+    the direct path's gradient (one U, two solvers: 1e-8)."""
+    n = 12
+    C0, W = _value(n, 4), _value(n, 5)
+    g_direct = _gradient(_nearest_correlation(n), C0, W)
+    _iterative(monkeypatch)
+    core = _nearest_correlation(n)
+    result = core.forward([C0], TIGHT)
+    (g,) = core.vjp(result, [W[None]])
+    info = result.derivative(0).last_solve
+    assert info.method == "schur-gmres" and info.relative_residual <= 1e-10
+    np.testing.assert_allclose(g, g_direct, rtol=1e-8, atol=1e-10)
+    h = 1e-5
+    rng = np.random.default_rng(6)
+    for _ in range(2):
+        D = rng.standard_normal((n, n))
+        plus = core.forward([C0 + h * D], TIGHT).outputs[0][0]
+        minus = core.forward([C0 - h * D], TIGHT).outputs[0][0]
+        fd = float(np.sum(W * (plus - minus))) / (2 * h)
+        assert float(np.sum(g * D)) == pytest.approx(fd, rel=1e-5, abs=1e-7)
+
+
+def test_iterative_path_falls_back_to_lsqr_when_k_is_singular(monkeypatch):
+    """Max-cut relaxation: no quadratic term, K singular, so no Schur solver; LSQR on U
+    gives the gradient, equal to the direct path's."""
+    n = 12
+    C0, W = _value(n, 10), _value(n, 11)
+    g_direct = _gradient(_max_cut_relaxation(n), C0, W)
+    _iterative(monkeypatch)
+    core = _max_cut_relaxation(n)
+    result = core.forward([C0], TIGHT)
+    (g,) = core.vjp(result, [W[None]])
+    assert result.derivative(0).U.schur_krylov() is None
+    assert result.derivative(0).last_solve.method == "lsqr"
+    np.testing.assert_allclose(g, g_direct, rtol=1e-6, atol=1e-8)
