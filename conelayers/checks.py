@@ -33,6 +33,7 @@ from conelayers.exceptions import (
     SingularJacobianWarning,
 )
 from conelayers.residual import (
+    LinearSolveInfo,
     ResidualJacobian,
     ResidualMap,
     kink_tolerance,
@@ -291,6 +292,42 @@ def inaccuracy_message(
         + "; values and gradients may be inaccurate: raise max_iters or adjust "
         "eps_abs/eps_rel in solver_args, or, if SCS stalls (residuals not falling with "
         "more iterations), turn off its acceleration with acceleration_lookback=0"
+    )
+
+
+SOLVE_RTOL = 1e-6
+"""Relative residual of an iterative derivative solve above which the gradient is not
+given without a warning (a direct solve's singular cases are the null-space checks')."""
+LSQR_STOPS = {
+    0: "x = 0 solves it",
+    1: "converged",
+    2: "least-squares solution: the system is inconsistent",
+    3: "condition estimate above conlim",
+    4: "converged to machine precision",
+    5: "least-squares solution to machine precision: the system is inconsistent",
+    6: "condition estimate too large for machine precision",
+    7: "iteration limit reached",
+}
+
+
+def solve_message(index: int, info: LinearSolveInfo | None, adjoint: bool) -> str | None:
+    """A SingularJacobianWarning message if an iterative solve with U (Uᵀ for the vjp)
+    left a relative residual above SOLVE_RTOL: U is singular there (an inconsistent
+    system) or too ill-conditioned for the iterative method. On the LSQR path the fast
+    checks have no factorization to analyze; this is what they learn instead."""
+    if info is None or info.method in ("direct", "trivial", "preconditioned"):
+        return None
+    if info.relative_residual <= SOLVE_RTOL:
+        return None
+    system = "Uᵀr = ḡ (vjp)" if adjoint else "U dz = −∂N (jvp)"
+    stop = ""
+    if info.lsqr_istop is not None:
+        stop = f", LSQR stop {info.lsqr_istop}: {LSQR_STOPS.get(info.lsqr_istop, '?')}"
+    return (
+        f"instance {index}: the iterative solve of {system} left a relative residual of "
+        f"{info.relative_residual:.1e} after {info.iterations} iterations ({info.method}"
+        f"{stop}); U is singular or too ill-conditioned there, and the gradient is not "
+        "justified. checks='full' factorizes U and analyzes its null space"
     )
 
 

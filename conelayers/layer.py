@@ -27,6 +27,7 @@ from conelayers.checks import (
     check_instance,
     failed_report,
     inaccuracy_message,
+    solve_message,
     visible_coordinates,
 )
 from conelayers.cones import SELECTIONS, ProductCone, Selection
@@ -35,10 +36,13 @@ from conelayers.exceptions import (
     FailedInstanceWarning,
     InaccurateSolutionWarning,
     InfeasibleError,
+    NonsmoothPointWarning,
     ParameterError,
     ProblemError,
     SettingsError,
+    SingularJacobianWarning,
     SolverError,
+    TrustWarning,
     UnboundedError,
     batch_label,
     describe_failures,
@@ -267,6 +271,22 @@ class ForwardResult:
                 self.constant,
             )
         return self._derivatives[k]
+
+    def warn_unsolved(self, instances: Sequence[int], adjoint: bool) -> None:
+        """Emit a SingularJacobianWarning for the instances whose iterative derivative
+        solve did not converge (``checks.solve_message``), unless the checks already
+        warned about U there; before the caller returns any gradient."""
+        items = []
+        for k in instances:
+            message = solve_message(k, self.derivative(k).last_solve, adjoint)
+            report = self.reports[k] if self.reports is not None else None
+            if message is None or (report is not None and any(
+                issubclass(category, TrustWarning) and category is not NonsmoothPointWarning
+                for category, _ in report.warnings
+            )):
+                continue
+            items.append((SingularJacobianWarning, k, message))
+        emit_grouped(items, len(self.solutions))
 
     def check(self, program: ParametricConeProgram) -> list[CheckReport]:
         """Run the trust checks on every instance (once) and emit their warnings (until
@@ -680,6 +700,7 @@ class LayerCore:
 
         # Per instance only the solve with Uᵀ; the data adjoint maps all columns at once.
         parts = map_batch(lambda i: cotangent(live[i]), len(live), result.n_jobs)
+        result.warn_unsolved(live, adjoint=True)
         theta_bar = np.zeros((prog.num_theta, B))
         if parts:
 
@@ -723,6 +744,7 @@ class LayerCore:
                 dA[:, k], db[:, k], dc[:, k], dP[:, k] if dP is not None else None
             )
             dX[:, k], dY[:, k] = dx, dy
+        result.warn_unsolved([k for k in range(B) if k not in result.failed], adjoint=False)
         outs = []
         for rec, out in zip(prog.recoveries, result._outputs):
             tangent = unvec_batch(rec.apply(dX if rec.source == "x" else dY), rec.shape)

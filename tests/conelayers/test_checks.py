@@ -61,6 +61,38 @@ def test_cyclic_silent_and_correct_away_from_zero(t):
     assert abs(gx) < 1e-10 and abs(gy) < 1e-10
 
 
+@pytest.mark.parametrize("jvp", [False, True])
+def test_cyclic_on_the_iterative_path_warns_at_t_zero(monkeypatch, jvp):
+    """With U too large to factorize (forced here), the fast checks have no LU to
+    analyze; an inconsistent system at t = 0 leaves LSQR a large residual (it returns a
+    least-squares answer: gradient 0, silently wrong without this warning), and the
+    warning comes before the gradient (raised with the filter set to "error")."""
+    import conelayers.residual as residual_mod
+
+    monkeypatch.setattr(residual_mod, "prefers_direct", lambda program: False)
+    core = _cyclic()
+    values = [np.array(1.0), np.array(1.0)]  # t = 0
+
+    def derivative(result):
+        if jvp:
+            return core.jvp(result, [np.array(1.0), np.array(0.0)])
+        return core.vjp(result, [np.ones(1), np.ones(1)])
+
+    result = core.forward(values)
+    with pytest.warns(SingularJacobianWarning, match=r"instance 0: the iterative solve"):
+        derivative(result)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SingularJacobianWarning)
+        with pytest.raises(SingularJacobianWarning, match="LSQR stop"):
+            derivative(core.forward(values))
+    # Away from t = 0 the same path is silent and exact (a locally constant solution).
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConelayersWarning)
+        result = core.forward([np.array(1.0), np.array(2.0)])
+        grads = derivative(result)
+    assert all(abs(float(np.ravel(g)[0])) < 1e-10 for g in grads)
+
+
 # -- the Lorenz-like problem (Section 5, eq. (14)) ----------------------------------------
 
 def test_lorenz_like_warns_at_random_points():
