@@ -190,11 +190,12 @@ class _ScriptedSolver:
         pass
 
     def solve(self, warm_start=True, x=None, y=None, s=None):
-        iters, scale_updates = self.script.pop(0)
+        iters, scale_updates, *final_scale = self.script.pop(0)
         return {"x": np.zeros(3), "y": np.zeros(4), "s": np.zeros(4),
                 "info": {"status_val": 1, "iter": iters, "res_pri": 0.0, "res_dual": 0.0,
                          "gap": 0.0, "pobj": 0.0, "solve_time": 0.0,
-                         "scale_updates": scale_updates}}
+                         "scale_updates": scale_updates,
+                         "scale": final_scale[0] if final_scale else 0.1}}
 
 
 def test_a_drifted_scale_that_cost_iterations_is_not_reused_in_later_calls(monkeypatch):
@@ -218,3 +219,55 @@ def test_a_drifted_scale_that_cost_iterations_is_not_reused_in_later_calls(monke
     second = solve_batch(programs, TIGHT, n_jobs=1, pool=pool)
     assert [s.iterations for s in second] == [100, 100, 100]
     assert len(built) == 3 and len(pool) == 0  # all fresh; none kept (their scale moved)
+
+
+# -- the scale memory: new workspaces start where SCS's adaptive scale ended --------------
+
+def test_new_workspaces_start_from_the_scale_scs_adapted_to(monkeypatch):
+    """Real SCS: an LP whose scale moves from the default; the next call's workspace is
+    built with the scale the last solve ended at, and still solves exactly."""
+    rng = np.random.default_rng(5)
+    points = 10.0 * rng.standard_normal((3, 100))
+    programs = _simplex_projection_programs(points, with_P=False)
+    settings = dict(TIGHT)
+    assert _fresh_scale_updates(programs[0], settings) > 0  # the premise
+    seen: list[dict] = []
+    real = scs_mod._workspace
+
+    def recording(prog, st):
+        seen.append(dict(st))
+        return real(prog, st)
+
+    monkeypatch.setattr(scs_mod, "_workspace", recording)
+    pool = scs_mod.WorkspacePool()
+    key = pool.key(programs[0], settings)
+    ended = []
+    for k, prog in enumerate(programs):
+        sol = solve_batch([prog], settings, pool=pool)[0]
+        np.testing.assert_allclose(sol.x, _project_simplex(points[k]), atol=1e-6)
+        ended.append(pool.start_settings(key, settings)[0].get("scale"))
+    assert "scale" not in seen[0] and ended[0] not in (None, 0.1)
+    assert seen[1]["scale"] == ended[0] and seen[2]["scale"] == ended[1]
+    # A scale the user chose is never replaced.
+    assert pool.start_settings(key, {**settings, "scale": 0.5}) == (
+        {**settings, "scale": 0.5}, False)
+
+
+def test_a_remembered_scale_that_costs_iterations_is_dropped(monkeypatch):
+    """Scripted: a fresh default start takes 100 iterations and ends at scale 1e-5 (as
+    on LPs); the next call starts from it and takes 300 (> 1.2 × 100): from then on new
+    workspaces start from SCS's default again."""
+    programs = _simplex_projection_programs(np.eye(3), with_P=True)[:1]
+    script = [(100, 1, 1e-5), (300, 1, 1e-6), (100, 1, 1e-5)]
+    seen: list[dict] = []
+
+    def scripted(prog, st):
+        seen.append(dict(st))
+        return _ScriptedSolver(script)
+
+    monkeypatch.setattr(scs_mod, "_workspace", scripted)
+    pool = scs_mod.WorkspacePool()
+    for _ in range(3):
+        solve_batch(programs, TIGHT, n_jobs=1, pool=pool)
+    assert "scale" not in seen[0] and seen[1]["scale"] == 1e-5 and "scale" not in seen[2]
+    assert pool.start_settings(pool.key(programs[0], TIGHT), TIGHT) == (TIGHT, False)

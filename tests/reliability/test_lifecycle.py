@@ -129,9 +129,12 @@ def test_jax_layer_from_four_threads_matches_sequential():
         for t in threads:
             t.join(timeout=120)
     assert not errors, errors
+    # As above: a call may start SCS from a kept workspace or from the scale an earlier
+    # call adapted to (solvers.scs.WorkspacePool), so the refined answers agree to
+    # rounding of the refinement (~1e-8 here), not bitwise; a race would be O(1).
     for k in range(4):
         for a, b in zip(results[k], sequential[k]):
-            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-9)
 
 
 def _blas_threads() -> list[tuple[str, int]]:
