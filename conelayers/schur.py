@@ -151,6 +151,30 @@ def fixed_block(
         return block
 
 
+def _gram_factor(J: ConeJacobian, start: int, size: int) -> np.ndarray | None:
+    """R (size × r) with J[start:, start:] = R Rᵀ when every block there is a PSD cone
+    (``PsdJacobian.gram_factors``), else None. With r < size (pairs of negative
+    eigenvalues drop out) S = I + ((G − I) R) Rᵀ costs 2·size²·r instead of the
+    size³ of G J_V plus forming J_V."""
+    from conelayers.cones.psd import PsdJacobian
+
+    blocks = []
+    for sl, part in J.parts:  # BlockDiagonalJacobian
+        if sl.stop <= start:
+            continue
+        if not isinstance(part, PsdJacobian):
+            return None
+        for idx, factors in part.gram_factors():
+            blocks += [(sl.start - start + int(rows[0]), R) for rows, R in zip(idx, factors)]
+    width = sum(R.shape[1] for _, R in blocks)
+    out = np.zeros((size, width))
+    col = 0
+    for row, R in blocks:
+        out[row : row + R.shape[0], col : col + R.shape[1]] = R
+        col += R.shape[1]
+    return out
+
+
 def _dense_rows(J: ConeJacobian, start: int, size: int) -> np.ndarray:
     """The diagonal block J[start:, start:] (the non-zero-cone rows) as a dense array."""
     out = np.zeros((size, size))
@@ -176,8 +200,18 @@ class SchurLU:
         assemble: Callable[[], sp.csc_matrix],
     ) -> None:
         self.fixed = fixed
-        self.J_V = _dense_rows(J, fixed.mz, fixed.mv)
-        S = np.eye(fixed.mv) - self.J_V + fixed.G @ self.J_V
+        R = _gram_factor(J, fixed.mz, fixed.mv)
+        if R is not None:  # J_V = R Rᵀ (PSD rows only)
+            GR = fixed.G @ R
+            GR -= R
+            S = GR @ R.T
+            S[np.diag_indices_from(S)] += 1.0
+            self._R: np.ndarray | None = R
+            self.J_V = None
+        else:
+            self._R = None
+            self.J_V = _dense_rows(J, fixed.mz, fixed.mv)
+            S = np.eye(fixed.mv) - self.J_V + fixed.G @ self.J_V
         self._S = sla.lu_factor(S, check_finite=False)
         self._apply, self._assemble = apply, assemble
         self._exact: NullSpaceLU | None = None
@@ -201,17 +235,23 @@ class SchurLU:
             # S w_V = r_V − C y = r_V + A_V y_u;  w_F = K⁻¹(r_F − [A_Vᵀ J_V w_V; 0])
             w_V = sla.lu_solve(self._S, r_V + f.A_V @ y[: f.n], check_finite=False)
             corr = np.zeros(nf)
-            corr[: f.n] = f.A_VT @ (self.J_V @ w_V)
+            corr[: f.n] = f.A_VT @ self._apply_J_V(w_V)
             w_F = y - f.solve_K(corr, False)
         else:
             # Sᵀ w_V = r_V − Bᵀ y = r_V − J_V A_V y_u;  w_F = K⁻ᵀ(r_F + [A_Vᵀ w_V; 0])
             w_V = sla.lu_solve(
-                self._S, r_V - self.J_V @ (f.A_V @ y[: f.n]), trans=1, check_finite=False
+                self._S, r_V - self._apply_J_V(f.A_V @ y[: f.n]), trans=1,
+                check_finite=False,
             )
             corr = np.zeros(nf)
             corr[: f.n] = f.A_VT @ w_V
             w_F = y + f.solve_K(corr, True)
         return np.concatenate([w_F, w_V])
+
+    def _apply_J_V(self, w: np.ndarray) -> np.ndarray:
+        if self._R is not None:
+            return self._R @ (self._R.T @ w)
+        return self.J_V @ w
 
     def _refined(self, rhs: np.ndarray, transpose: bool, steps: int = 3) -> np.ndarray:
         w, _, _ = refine_iteratively(
