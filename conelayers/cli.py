@@ -107,6 +107,10 @@ def diagnose(
     A_nnz = program.A.nnz
     known = pf.metadata.get("optimal_value") if pf.metadata else None
     verdict = report.verdict
+    if verdict in ("ok", "nonsmooth") and any(
+        w["category"] == "SingularJacobianWarning" for w in warn_list
+    ):
+        verdict = "singular"  # found by an iterative solve (checks.solve_message)
     off_known = (known is not None and np.isfinite(sens.objective)
                  and abs(sens.objective - known) > KNOWN_OPTIMUM_RTOL * (1 + abs(known)))
     inaccurate = off_known or any(

@@ -278,3 +278,28 @@ def test_an_unconverged_solve_is_inaccurate_not_singular(tmp_path):
     report = diagnose(str(script), max_iters=5)
     assert any(w["category"] == "InaccurateSolutionWarning" for w in report["warnings"])
     assert report["verdict"] == "inaccurate"
+
+
+def test_an_iterative_solve_that_fails_makes_the_verdict_singular(tmp_path, monkeypatch):
+    """The cyclic problem at t = 0 with U sent to the iterative path (as a file too large
+    to factorize) and the fast checks (no factorization to analyze): the spot check's
+    jvp solve is inconsistent, its SingularJacobianWarning reaches the report, and the
+    verdict says 'singular' (it said 'ok' with exit 1 before), while the difference
+    quotient across t = 0 jumps, as it should."""
+    import conelayers.residual as residual_mod
+
+    monkeypatch.setattr(residual_mod, "prefers_direct", lambda program: False)
+    f = tmp_path / "cyclic.py"
+    f.write_text(
+        "import cvxpy as cp\n"
+        "x = cp.Parameter(name='x', value=1.0)\ny = cp.Parameter(name='y', value=1.0)\n"
+        "a = cp.Variable(name='a')\nb = cp.Variable(name='b')\n"
+        "problem = cp.Problem(cp.Maximize((a + b) * (-3 * x + y + 2)),\n"
+        "                     [a >= 0, a <= 3, b >= 0, b <= 5])\n"
+    )
+    d = diagnose(str(f), checks="fast")
+    assert d["verdict"] == "singular"
+    assert any(w["category"] == "SingularJacobianWarning" and "iterative solve"
+               in w["message"] for w in d["warnings"])
+    assert d["fd_check"]["relative_error"] > 0.5
+    assert main(["diagnose", str(f), "--quiet", "--check", "fast"]) == 1
