@@ -211,6 +211,12 @@ class WorkspacePool:
             if not memory.hurts and np.isfinite(final_scale) and final_scale > 0:
                 memory.scale = float(final_scale)
 
+    def drop_scale_memory(self, key: tuple) -> None:
+        """Stop starting new workspaces of ``key`` from a remembered scale, for good."""
+        with self._lock:
+            memory = self._scales.setdefault(key, _ScaleMemory())
+            memory.hurts, memory.scale = True, None
+
     def judge_scale(self, key: tuple, from_memory: bool, mean_iterations: float) -> None:
         """After a share of a batch solved from one workspace: remember its mean
         iterations if it started from SCS's default scale; if it started from the
@@ -295,9 +301,9 @@ class _ScaleMemory:
     1200 iterations, projection_simplex/large (6 draws) 1350 → 875, qp/large 1225 →
     600, socp/small 2750 → 1525, qp/medium 1450 → 1075, and no other family fewer but
     lp, where the scale drifts to 1e-4..1e-5 and the iterations went up 1.6–1.9× (the
-    guard drops the memory there after one such call). Not a win everywhere: on
-    socp/medium at batch 32 the iterations stay about equal but fwd+bwd went ~620 →
-    ~720 ms (more workspaces replaced by the within-batch reuse guard)."""
+    guard drops the memory there after one such call). The within-batch reuse guard
+    firing on a workspace started from the memory also drops it (rather than marking
+    the key ``drift_hurts``, which replaced every later instance's workspace)."""
 
     scale: float | None = None
     default_iterations: int | None = None
@@ -315,6 +321,7 @@ class _Workspace:
     P: sp.csc_matrix | None
     first_iterations: int
     initial_scale: bool
+    from_memory: bool = False  # built with the pool's remembered scale
 
 
 REUSE_ITERATION_FACTOR = 2
@@ -375,7 +382,9 @@ def solve_sharing_matrices(
             sol, unchanged, scale = _run(solver)
             if key is not None:
                 pool.record_scale(key, scale)
-            work = _Workspace(solver, program.A, program.P, sol.iterations, unchanged)
+            work = _Workspace(
+                solver, program.A, program.P, sol.iterations, unchanged, from_memory
+            )
         elif work is False:  # reuse abandoned for this batch
             sol = solve(program, settings)
         else:
@@ -386,10 +395,15 @@ def solve_sharing_matrices(
             drifted = not work.initial_scale
             work.initial_scale = work.initial_scale and unchanged
             if sol.iterations > REUSE_ITERATION_FACTOR * max(work.first_iterations, 25):
-                work = False
-                if drifted and key is not None:
+                if key is not None and work.from_memory:
+                    # The remembered scale is what misled: drop it, not reuse itself
+                    # (socp/medium/32: otherwise every later instance got a fresh
+                    # workspace, 32 setups per call, 250 → 410 ms).
+                    pool.drop_scale_memory(key)
+                elif drifted and key is not None:
                     pool.note_drift_hurts(key)  # later calls: fresh after a drift
                     drift_hurts = True
+                work = False
         if work and drift_hurts and not work.initial_scale:
             work = None  # its scale moved and that has cost iterations here before
         out.append(sol)

@@ -271,3 +271,32 @@ def test_a_remembered_scale_that_costs_iterations_is_dropped(monkeypatch):
         solve_batch(programs, TIGHT, n_jobs=1, pool=pool)
     assert "scale" not in seen[0] and seen[1]["scale"] == 1e-5 and "scale" not in seen[2]
     assert pool.start_settings(pool.key(programs[0], TIGHT), TIGHT) == (TIGHT, False)
+
+
+def test_a_reuse_guard_on_a_remembered_scale_drops_the_memory_not_reuse(monkeypatch):
+    """Scripted: call 1 solves three instances from one default workspace (its scale
+    ends at 1e-3). Call 2 starts from that scale, and its second instance takes 10x the
+    first's iterations: the reuse guard fires. The remembered scale misled, so it is
+    dropped, and the key is not marked drift_hurts (which would give every later
+    instance a fresh workspace). Call 3 starts from SCS's default again and reuses."""
+    programs = _simplex_projection_programs(np.eye(3), with_P=True)
+    script = ([(100, 1, 1e-3), (100, 0, 1e-3), (100, 0, 1e-3)]
+              + [(50, 0, 1e-3), (500, 0, 1e-3), (100, 1, 1e-3)]
+              + [(100, 1, 1e-3), (100, 0, 1e-3), (100, 0, 1e-3)])
+    seen: list[dict] = []
+
+    def scripted(prog, st):
+        seen.append(dict(st))
+        return _ScriptedSolver(script)
+
+    monkeypatch.setattr(scs_mod, "_workspace", scripted)
+    pool = scs_mod.WorkspacePool()
+    key = pool.key(programs[0], TIGHT)
+    solve_batch(programs, TIGHT, n_jobs=1, pool=pool)
+    assert len(seen) == 1
+    second = solve_batch(programs, TIGHT, n_jobs=1, pool=pool)
+    assert [s.iterations for s in second] == [50, 500, 100]
+    assert seen[1]["scale"] == 1e-3 and "scale" not in seen[2]  # the guard's fresh solve
+    assert not pool.drift_hurts(key)
+    solve_batch(programs, TIGHT, n_jobs=1, pool=pool)
+    assert len(seen) == 4 and "scale" not in seen[3]  # default start, then reused
