@@ -66,10 +66,15 @@ def _restore(ctrl: ThreadpoolController, info: list[dict]) -> None:
             lib.set_num_threads(threads[lib.filepath])
 
 
+@lru_cache(maxsize=1)
+def _cores() -> int:
+    return os.cpu_count() or 1
+
+
 def batch_workers(count: int, n_jobs: int | None = None) -> int:
     """Threads for ``count`` independent instances: ``n_jobs`` if given, else one per
     core, never more than the instances."""
-    jobs = (os.cpu_count() or 1) if n_jobs is None else max(1, int(n_jobs))
+    jobs = _cores() if n_jobs is None else max(1, int(n_jobs))
     return max(1, min(jobs, count))
 
 

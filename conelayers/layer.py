@@ -96,6 +96,8 @@ def emit_grouped(items: Sequence[tuple[type, int, str]], batch: int) -> None:
     message as it is; several instances' as one warning that names them all and quotes
     the first ``GROUPED_DETAILS`` messages (a degenerate batch of 32 gives one warning
     per kind, not 32)."""
+    if not items:
+        return  # the common case: no frame walk for the stack level
     groups: dict[type, list[tuple[int, str]]] = {}
     for category, index, message in items:
         groups.setdefault(category, []).append((index, message))
