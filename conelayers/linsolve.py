@@ -131,6 +131,10 @@ class FactorizationHints:
     # whose A and P are constant (one block, built once); off by default.
     schur_blocks: dict = field(default_factory=dict, repr=False)
     constant_matrices: bool = False
+    # The last small U judged on its coupled block had tiny pivots there in full but
+    # a regular coupled block (socp: a harmless auxiliary null space): factorize the
+    # coupled block straight away, not the whole U first.
+    coupled_first: bool = False
 
     TRIAL_S = 0.005
 

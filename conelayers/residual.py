@@ -268,7 +268,9 @@ class ResidualJacobian:
         no mask is given, or when U is factorized already and regular. A small (dense)
         U is factorized first: its LAPACK LU costs less than finding the components,
         which are then needed only if it has tiny pivots."""
-        if self._lu is None and self.size <= DENSE_MAX_SIZE:
+        layer_hints = self.ops.hints
+        small = self.size <= DENSE_MAX_SIZE
+        if self._lu is None and small and not (visible is not None and layer_hints.coupled_first):
             self.factorization()
         if visible is None or (self._lu is not None and self._lu.tiny_pivots == 0):
             return None, self.factorization()
@@ -283,8 +285,12 @@ class ResidualJacobian:
             idx = np.flatnonzero(mask)
             dense = isinstance(U, np.ndarray)
             sub = U[np.ix_(idx, idx)] if dense else U[idx][:, idx]
-            hints = FactorizationHints(permc_spec=self.ops.hints.permc_spec)
+            hints = FactorizationHints(permc_spec=layer_hints.permc_spec)
             out = (mask, NullSpaceLU(sub, hints=None if dense else hints))
+        if small:
+            # Worth skipping the whole U's LU next time only if it was singular (it
+            # was factorized: tiny pivots) and the coupled block is smaller and regular.
+            layer_hints.coupled_first = out[0] is not None and out[1].tiny_pivots == 0
         self._coupled = (visible, *out)
         return out
 
