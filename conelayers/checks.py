@@ -46,7 +46,7 @@ USER_WEIGHT_TOL = 1e-6
 """A unit null vector whose image on the requested outputs (or parameters) exceeds this
 makes the gradient unjustified."""
 ACCURACY_RTOL = 1e-7
-"""‖N(z)‖ / (1 + ‖b‖∞ + ‖c‖∞) above which a refined solution counts as inaccurate."""
+"""``relative_residual`` (row by row) above which a refined solution counts as inaccurate."""
 
 
 @dataclass(frozen=True)
