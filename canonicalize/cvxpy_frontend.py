@@ -12,6 +12,7 @@ import re
 import threading
 import weakref
 from collections.abc import Sequence
+from dataclasses import replace
 
 import cvxpy as cp
 import numpy as np
@@ -53,6 +54,14 @@ def _check_problem(problem: cp.Problem, gp: bool = False) -> None:
                 "is not log-log affine"
             )
         return
+    discrete = [v for v in problem.variables()
+                if v.attributes.get("integer") or v.attributes.get("boolean")]
+    if discrete:
+        raise CanonicalizationError(
+            f"integer or boolean variables ({', '.join(_label(v) for v in discrete)}) are "
+            "not supported: a layer solves and differentiates a continuous convex problem "
+            "(relax them to continuous bounds)"
+        )
     if not problem.is_dcp():
         raise CanonicalizationError(
             "the problem is not DCP (disciplined convex): CVXPY cannot prove it convex, "
@@ -189,6 +198,15 @@ def _variable_recovery(
     return Recovery(
         name=var.name(), shape=tuple(var.shape), source="x", matrix=matrix, exp=exp
     )
+
+
+def _attribute_replacements(chain, inverse_data: list) -> dict[int, int]:
+    """User variable id → id of the plain variable CVXPY's CvxAttr2Constr put in its
+    place (empty without that reduction)."""
+    for reduction, inv in zip(chain.reductions, inverse_data):
+        if type(reduction).__name__ == "CvxAttr2Constr" and isinstance(inv, tuple) and inv:
+            return {old: new.id for old, new in inv[0].items() if hasattr(new, "id")}
+    return {}
 
 
 def _final_constraint_ids(problem: cp.Problem, inverse_data: list) -> dict[int, int]:
@@ -417,13 +435,28 @@ def _compile(
 
     final_ids = _final_constraint_ids(problem, inverse_data)
     constraint_rows = _constraint_rows(problem, param_prog, m, final_ids)
+    if m == 0:
+        # No constraints at all: SCS needs a cone row. An always-slack 0·x + s = 1,
+        # s ≥ 0 (y = 0, J = 0: U gains a decoupled identity row) changes nothing else.
+        total = b_map.shape[1]
+        m, dims = 1, replace(dims, nonneg=1)
+        A = SparseDataMap(shape=(1, n), indices=A.indices, indptr=A.indptr,
+                          values_map=A.values_map)
+        b_map = sp.csr_matrix(([1.0], ([0], [total - 1])), shape=(1, total))
+        constraint_rows = (ConstraintRows(
+            "auxiliary row 0 ≤ 1 (the problem has no constraints; SCS needs one)",
+            "nonneg", 0, 1, False),)
+    # Variables with attributes (nonneg, bounds, ...) are replaced by plain ones plus
+    # constraints (CVXPY's CvxAttr2Constr); the replacement is what the program holds.
+    replaced = _attribute_replacements(chain, inverse_data)
     recoveries = []
     for v in variables:
         owner = _dual_owner(problem, v)
         if owner is None:
-            recoveries.append(
-                _variable_recovery(v, param_prog, n, log_vars.get(v.id), exp=gp)
-            )
+            var_id = log_vars.get(v.id)
+            if var_id is None and v.id not in param_prog.var_id_to_col:
+                var_id = replaced.get(v.id)
+            recoveries.append(_variable_recovery(v, param_prog, n, var_id, exp=gp))
             continue
         if gp:
             raise CanonicalizationError(

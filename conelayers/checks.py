@@ -315,7 +315,7 @@ def solve_message(index: int, info: LinearSolveInfo | None, adjoint: bool) -> st
     left a relative residual above SOLVE_RTOL: U is singular there (an inconsistent
     system) or too ill-conditioned for the iterative method. On the LSQR path the fast
     checks have no factorization to analyze; this is what they learn instead."""
-    if info is None or info.method in ("direct", "trivial", "preconditioned"):
+    if info is None or info.method in ("direct", "trivial", "preconditioned", "nonfinite"):
         return None
     if info.relative_residual <= SOLVE_RTOL:
         return None

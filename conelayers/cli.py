@@ -312,7 +312,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                   file=sys.stderr)
         return EXIT_ERROR
     if args.plot:
-        plot_report(report, args.plot)
+        try:
+            plot_report(report, args.plot)
+        except OSError as err:  # e.g. a directory that does not exist
+            print(f"conelayers: --plot {args.plot}: {type(err).__name__}: {err}",
+                  file=sys.stderr)
+            return EXIT_ERROR
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return EXIT_WARN if report["warnings"] or report["verdict"] != "ok" else EXIT_OK
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import cvxpy as cp
@@ -497,6 +497,10 @@ class LayerCore:
 
     # -- forward ------------------------------------------------------------------------
     def _settings(self, solver_args: dict | None) -> tuple[dict, dict]:
+        if solver_args is not None and not isinstance(solver_args, Mapping):
+            raise SettingsError(
+                f"solver_args must be a dict of settings, got {type(solver_args).__name__}"
+            )
         merged = {**self.solver_args, **(solver_args or {})}
         own = {k: merged.pop(k) for k in _OWN_KEYS if k in merged}
         _check_own_settings(own)

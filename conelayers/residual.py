@@ -361,6 +361,10 @@ class ResidualJacobian:
         rhs_norm = float(np.linalg.norm(rhs))
         if rhs_norm == 0.0:
             return np.zeros(self.size), LinearSolveInfo("trivial", 0.0)
+        if not np.isfinite(rhs_norm):
+            # A NaN/Inf cotangent or tangent: NaN out, as autograd propagates it, without
+            # an iterative solve that would fail and blame U.
+            return np.full(self.size, np.nan), LinearSolveInfo("nonfinite", np.nan)
         use_direct = method == "direct" or (method == "auto" and self.ops.direct)
         if use_direct and self._lu is None and self.preconditioner is not None:
             w, res, steps = self._preconditioned_solve(rhs, transpose, rhs_norm)

@@ -23,7 +23,7 @@ import numpy as np
 
 from canonicalize import ParametricConeProgram
 from conelayers.checks import CheckReport
-from conelayers.exceptions import ParameterError
+from conelayers.exceptions import ParameterError, ProblemError
 from conelayers.layer import ForwardResult, LayerCore, divide_by_log_values
 
 
@@ -72,7 +72,13 @@ class Sensitivity:
             if name not in given:
                 out.append(np.zeros(shape))
                 continue
-            arr = np.asarray(given[name], dtype=np.float64)
+            try:
+                arr = np.asarray(given[name], dtype=np.float64)
+            except (TypeError, ValueError) as err:
+                raise ParameterError(
+                    f"{what} '{name}': expected numbers of shape {shape}, got "
+                    f"{given[name]!r:.60} ({err})"
+                ) from None
             if arr.shape != tuple(shape):
                 raise ParameterError(f"{what} '{name}': expected shape {shape}, got {arr.shape}")
             out.append(arr)
@@ -167,6 +173,14 @@ def analyze_program(
 
 
 def _analyze_core(core, values, solver_args, parameter_names, output_names) -> Sensitivity:
+    # jvp/vjp address parameters and outputs by name: two with one name are ambiguous.
+    for names, what in ((parameter_names, "parameters"), (output_names, "variables")):
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ProblemError(
+                f"{what} share the name(s) {', '.join(map(repr, dupes))}: the sensitivity "
+                "API addresses them by name; give each a distinct name"
+            )
     for arr, name in zip(values, parameter_names):
         if np.ndim(arr) and np.shape(arr)[0] == 0:
             raise ParameterError(f"parameter '{name}' is empty")

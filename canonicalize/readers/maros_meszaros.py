@@ -45,7 +45,7 @@ def _load(path: Path) -> dict:
             path, f"this .mat version is not supported by scipy.io.loadmat ({err})"
         ) from err
     except (ValueError, TypeError, KeyError, IndexError, EOFError, UnicodeDecodeError,
-            AttributeError) as err:
+            AttributeError, scipy.io.matlab.MatReadError) as err:  # empty/garbage files
         raise ProblemFileError(path, f"not a readable MATLAB .mat file ({err})") from err
 
 

@@ -131,3 +131,68 @@ def test_constraint_rows_name_the_users_constraints_by_position():
     assert len(diag) == 1 and diag[0].stop - diag[0].start == 3
     assert all("Promote" not in c.label for c in program.constraints)
     assert any(not c.user and c.label.startswith("auxiliary") for c in program.constraints)
+
+
+# -- variables with attributes, discrete variables, problems without constraints ----------
+
+TIGHT = {"eps": 1e-9, "max_iters": 50_000}
+
+
+def _fd_gradient(core, value, weight, h=1e-6):
+    """Central differences of ⟨weight, output⟩ along each coordinate of the value."""
+    out = np.zeros_like(value)
+    for i in range(value.size):
+        e = np.zeros_like(value)
+        e.flat[i] = h
+        plus = core.forward([value + e], TIGHT).outputs[0][0]
+        minus = core.forward([value - e], TIGHT).outputs[0][0]
+        out.flat[i] = float(np.sum(weight * (plus - minus))) / (2 * h)
+    return out
+
+
+@pytest.mark.parametrize("attrs", [{"nonneg": True}, {"nonpos": True}, {"pos": True},
+                                   {"bounds": [-0.2, 0.6]}])
+def test_variables_with_attributes_are_outputs(attrs):
+    """CVXPY replaces such a variable by a plain one plus constraints (CvxAttr2Constr);
+    the layer reads the replacement: values against CVXPY's own solve (Clarabel), the
+    gradient against central differences (smooth point: no coordinate at a bound)."""
+    from conelayers.layer import LayerCore
+
+    z, b = cp.Variable(4, **attrs), cp.Parameter(4)
+    core = LayerCore(cp.Problem(cp.Minimize(cp.sum_squares(z - b))), [b], [z])
+    value = np.array([0.5, -0.3, 0.1, 0.9])
+    ref = cp.Variable(4, **attrs)
+    cp.Problem(cp.Minimize(cp.sum_squares(ref - value))).solve(solver=cp.CLARABEL)
+    result = core.forward([value], TIGHT)
+    np.testing.assert_allclose(result.outputs[0][0], ref.value, atol=1e-7)
+    w = np.array([1.0, -2.0, 0.5, 3.0])
+    (grad,) = core.vjp(result, [w[None]])
+    np.testing.assert_allclose(grad, _fd_gradient(core, value, w), atol=1e-5)
+
+
+@pytest.mark.parametrize("attr", ["integer", "boolean"])
+def test_discrete_variables_are_rejected_by_name(attr):
+    from conelayers.exceptions import ProblemError
+    from conelayers.layer import LayerCore
+
+    z, b = cp.Variable(2, name="choice", **{attr: True}), cp.Parameter(2)
+    with pytest.raises(ProblemError, match="integer or boolean variables.*'choice'"):
+        LayerCore(cp.Problem(cp.Minimize(cp.sum_squares(z - b))), [b], [z])
+
+
+def test_problem_without_constraints():
+    """min ‖x‖² + qᵀx: x = −q/2 and d(Σx)/dq = −½ (SCS needs a cone row: the program
+    gets an always-slack one, which must not show in values, gradients or warnings)."""
+    import warnings
+
+    from conelayers.layer import LayerCore
+
+    x, q = cp.Variable(3), cp.Parameter(3)
+    core = LayerCore(cp.Problem(cp.Minimize(cp.sum_squares(x) + q @ x)), [q], [x])
+    value = np.array([1.0, -2.0, 0.5])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = core.forward([value])
+        (grad,) = core.vjp(result, [np.ones((1, 3))])
+    np.testing.assert_allclose(result.outputs[0][0], -value / 2, atol=1e-9)
+    np.testing.assert_allclose(grad, -0.5 * np.ones(3), atol=1e-9)

@@ -303,3 +303,20 @@ def test_an_iterative_solve_that_fails_makes_the_verdict_singular(tmp_path, monk
                in w["message"] for w in d["warnings"])
     assert d["fd_check"]["relative_error"] > 0.5
     assert main(["diagnose", str(f), "--quiet", "--check", "fast"]) == 1
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage\n"])
+def test_unreadable_mat_file_exits_2_with_one_line(tmp_path, capsys, content):
+    bad = tmp_path / "bad.mat"
+    bad.write_bytes(content)
+    assert main(["diagnose", str(bad), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ProblemFileError" in err[0] and "bad.mat" in err[0]
+
+
+def test_plot_to_a_missing_directory_exits_2_with_one_line(tmp_path, capsys):
+    path = str(SHARED / "maros_meszaros" / "HS21.mat")
+    out = tmp_path / "missing" / "figure.png"
+    assert main(["diagnose", path, "--quiet", "--plot", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--plot" in err[0]

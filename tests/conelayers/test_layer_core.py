@@ -100,7 +100,8 @@ def test_least_squares_gradient_matches_closed_form():
      ({"eps": -1.0}, "eps_abs"), ({"max_iters": 0}, "max_iters"),
      ({"eps_rel": "abc"}, "eps_rel"), ({"on_failure": "ignore"}, "on_failure"),
      ({"checks": "fastest"}, "checks"), ({"selection": "middle"}, "selection"),
-     ({"n_jobs": 0}, "n_jobs"), ({"refine": "yes"}, "refine")],
+     ({"n_jobs": 0}, "n_jobs"), ({"refine": "yes"}, "refine"),
+     ([("eps", 1e-3)], "solver_args must be a dict")],
 )
 def test_bad_solver_args_raise_settings_error_naming_the_key(solver_args, named):
     """Unknown keys and invalid values are a SettingsError (a ConelayersError and a

@@ -90,3 +90,37 @@ def test_errors_name_the_offender():
     z.parameters[0].value = None
     with pytest.raises(ParameterError, match="without a value"):
         analyze(z.problem)
+
+
+def test_parameters_sharing_a_name_are_ambiguous():
+    from conelayers.exceptions import ProblemError
+
+    p1, p2 = cp.Parameter(name="p", value=1.0), cp.Parameter(name="p", value=2.0)
+    y = cp.Variable(2, name="y")
+    with pytest.raises(ProblemError, match="share the name.*'p'"):
+        analyze(cp.Problem(cp.Minimize(cp.sum_squares(y - p1) + p2 * cp.sum(y))))
+
+
+def test_non_numeric_tangent_names_the_parameter():
+    c = cp.Parameter(3, name="c", value=np.array([1.0, 2.0, 3.0]))
+    x = cp.Variable(3, name="x")
+    sens = analyze(cp.Problem(cp.Minimize(c @ x + cp.sum_squares(x))))
+    with pytest.raises(ParameterError, match="parameter 'c': expected numbers"):
+        sens.jvp({"c": "a"})
+
+
+def test_nan_tangent_gives_nan_without_a_false_diagnosis():
+    """A NaN tangent propagates (NaN out, as autograd does), without an iterative solve
+    that fails and blames U (it ran 2000 LSQR iterations and warned before)."""
+    import warnings
+
+    from conelayers.exceptions import TrustWarning
+
+    c = cp.Parameter(3, name="c", value=np.array([1.0, 2.0, 3.0]))
+    x = cp.Variable(3, name="x")
+    sens = analyze(cp.Problem(cp.Minimize(c @ x + cp.sum_squares(x))))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TrustWarning)
+        out = sens.jvp({"c": [np.nan, 0.0, 0.0]})
+        grads = sens.vjp({"x": [np.nan, 1.0, 1.0]})
+    assert np.all(np.isnan(out["x"])) and np.all(np.isnan(grads["c"]))
