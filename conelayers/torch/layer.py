@@ -91,6 +91,30 @@ def _layer_vjp_fake(
             for shape, (dt, dev) in zip(holder.param_shapes, holder.param_meta)]
 
 
+def _grad_tracking_depth(t: torch.Tensor) -> int:
+    """How many torch.func grad transforms track ``t`` (through vmap wrappers too)."""
+    functorch, depth = torch._C._functorch, 0
+    while functorch.is_functorch_wrapped_tensor(t):
+        depth += int(functorch.is_gradtrackingtensor(t))
+        t = functorch.get_unwrapped(t)
+    return depth
+
+
+@_layer_vjp.register_vmap
+def _layer_vjp_vmap(info, in_dims, handle, grads, params):
+    """vmap over cotangents (torch.func.jacrev, vectorized jacobians): one vjp per
+    slice of the mapped dimension."""
+    grad_dims = in_dims[1]
+    moved = [g if d is None else g.movedim(d, 0) for g, d in zip(grads, grad_dims)]
+    rows = [
+        _layer_vjp(handle, [g if d is None else g[i] for g, d in zip(moved, grad_dims)],
+                   params)
+        for i in range(info.batch_size)
+    ]
+    outs = [torch.stack([row[j] for row in rows]) for j in range(len(rows[0]))]
+    return outs, [0] * len(outs)
+
+
 def _second_order(ctx, *grads):
     raise ConelayersError(
         "CvxpyLayer gives first-order derivatives only: the implicit derivative is "
@@ -141,7 +165,11 @@ class _LayerFunction(torch.autograd.Function):
                         dtype=ctx.dtype) if g is None else g
             for g, o in zip(grad_outputs, ctx.result.outputs)
         ]
-        wrapped = any(torch._C._functorch.is_functorch_wrapped_tensor(g) for g in grads)
+        functorch = torch._C._functorch
+        wrapped = any(functorch.is_functorch_wrapped_tensor(g) for g in grads)
+        if any(_grad_tracking_depth(p) > 1 for p in ctx.saved_tensors):
+            # Nested torch.func.grad: the gradient itself is being differentiated.
+            _second_order(ctx)
         if not wrapped and not torch.is_grad_enabled():
             # Plain backward without create_graph: nothing can differentiate the
             # gradient, so the core is called directly (the operator's dispatch costs
@@ -153,6 +181,12 @@ class _LayerFunction(torch.autograd.Function):
         # raises (see _layer_vjp). Under torch.func the operator's autograd rule cannot
         # run on wrapped tensors, so the parameters are left out there.
         params = [] if wrapped else list(ctx.saved_tensors)
+        if wrapped:
+            # Under torch.func the cotangent may itself depend on the inputs (a loss
+            # nonlinear in the outputs); the operator's autograd rule cannot run on such
+            # tensors, and the dependence matters only to second derivatives, which the
+            # layer does not give: cut it at this level.
+            grads = [g.detach() for g in grads]
         return (None, None, None, None, None, *_layer_vjp(handle, grads, params))
 
     @staticmethod

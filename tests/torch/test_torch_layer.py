@@ -10,6 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from conelayers.exceptions import (  # noqa: E402
+    ConelayersError,
     InaccurateSolutionWarning,
     InfeasibleError,
     ParameterError,
@@ -272,3 +273,47 @@ def test_a_retried_backward_raises_the_warning_again():
         xs.sum().backward()
     assert ct.grad is not None
     assert sum(issubclass(w.category, NonUniqueSolutionWarning) for w in caught) == 1
+
+
+# -- torch.func with losses nonlinear in the outputs ----------------------------------------
+
+def _sparsemax_layer():
+    z, s = cp.Variable(4), cp.Parameter(4)
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(z - s)), [z >= 0, cp.sum(z) == 1])
+    return CvxpyLayer(prob, parameters=[s], variables=[z])
+
+
+def _sparsemax_jacobian(s: np.ndarray) -> np.ndarray:
+    """Closed form: on the support S of the projection, I − 11ᵀ/|S|; zero elsewhere."""
+    u = np.sort(s)[::-1]
+    css = np.cumsum(u) - 1.0
+    k = np.nonzero(u - css / np.arange(1, s.size + 1) > 0)[0][-1]
+    support = (s - css[k] / (k + 1)) > 0
+    J = np.zeros((s.size, s.size))
+    idx = np.flatnonzero(support)
+    J[np.ix_(idx, idx)] = np.eye(idx.size) - 1.0 / idx.size
+    return J
+
+
+def test_func_grad_of_a_nonlinear_loss_and_jacrev_match_the_closed_form():
+    """torch.func.grad of Σ z(s)² (the cotangent 2z depends on s: it failed inside
+    torch's custom-op autograd before) and torch.func.jacrev, against the sparsemax
+    Jacobian at a point away from the support's boundary."""
+    layer = _sparsemax_layer()
+    s = torch.tensor([0.9, 0.5, -0.2, 0.1], dtype=torch.float64)
+    J = _sparsemax_jacobian(s.numpy())
+    z = layer(s)[0].detach().numpy()
+    g = torch.func.grad(lambda v: layer(v)[0].pow(2).sum())(s)
+    np.testing.assert_allclose(g.numpy(), J.T @ (2 * z), atol=1e-8)
+    jac = torch.func.jacrev(lambda v: layer(v)[0])(s)
+    np.testing.assert_allclose(jac.numpy(), J, atol=1e-8)
+
+
+def test_nested_func_grad_raises_instead_of_returning_zero():
+    """grad of grad would silently treat the layer's gradient as constant (it returned
+    zeros): it raises, as double backward does."""
+    layer = _sparsemax_layer()
+    s = torch.tensor([0.9, 0.5, -0.2, 0.1], dtype=torch.float64)
+    inner = torch.func.grad(lambda v: layer(v)[0].pow(2).sum())
+    with pytest.raises(ConelayersError, match="first-order derivatives only"):
+        torch.func.grad(lambda v: inner(v).sum())(s)
