@@ -307,9 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.json:
             print(json.dumps({"file": args.file, "status": "error",
                               "error": type(err).__name__, "message": message}))
-        else:
-            print(f"conelayers: {args.file}: {type(err).__name__}: {message}",
-                  file=sys.stderr)
+        print(f"conelayers: {args.file}: {type(err).__name__}: {message}", file=sys.stderr)
         return EXIT_ERROR
     if args.plot:
         try:

@@ -105,9 +105,12 @@ class NonUniqueSolutionWarning(TrustWarning):
     """
 
 
-def describe_failures(failures: dict[int, str]) -> str:
-    """'instance 2: infeasible, instance 5: unbounded'."""
-    return ", ".join(f"instance {i}: {status}" for i, status in sorted(failures.items()))
+def describe_failures(failures: dict[int, str], shown: int = 5) -> str:
+    """'instance 2: infeasible, instance 5: unbounded' (the first ``shown``, then 'and N
+    more': the error's ``failures`` has them all)."""
+    items = sorted(failures.items())
+    text = ", ".join(f"instance {i}: {status}" for i, status in items[:shown])
+    return text + (f" and {len(items) - shown} more" if len(items) > shown else "")
 
 
 def batch_label(indices: Sequence[int], batch: int | None = None) -> str:

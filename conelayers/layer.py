@@ -634,12 +634,18 @@ class LayerCore:
         """Raise a named error listing every failed instance (after all were tried), or,
         with on_failure="nan", warn and return their indices."""
         failures = {i: s.status for i, s in enumerate(solutions) if not s.has_solution}
-        details = "; ".join(
-            f"instance {i}: {solutions[i].iterations} iterations, primal residual "
-            f"{solutions[i].primal_residual:.2e}, dual residual "
-            f"{solutions[i].dual_residual:.2e}"
-            for i in sorted(failures)
-        )
+        def detail(i: int) -> str:
+            sol = solutions[i]
+            residuals = ""
+            if np.isfinite(sol.primal_residual) and np.isfinite(sol.dual_residual):
+                residuals = (f", primal residual {sol.primal_residual:.2e}, dual residual "
+                             f"{sol.dual_residual:.2e}")
+            return f"instance {i}: {sol.iterations} iterations{residuals}"
+
+        ordered = sorted(failures)
+        details = "; ".join(detail(i) for i in ordered[:3])
+        if len(ordered) > 3:
+            details += f"; and {len(ordered) - 3} more"
         if failures and on_failure == "nan":
             head = batch_label(sorted(failures), len(solutions))
             warnings.warn(

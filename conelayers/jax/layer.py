@@ -77,12 +77,14 @@ from conelayers.layer import ForwardResult, LayerCore, check_float_dtypes, user_
 
 class _OwnErrorsFilter(logging.Filter):
     """Drops JAX's "jax.pure_callback failed" log record when the failure is one of our
-    errors: the layer raises that same error to the caller (outside jit) or JAX carries
-    its message (inside), so the logged traceback only duplicated it, ahead of it."""
+    errors (or warnings raised as errors): the layer raises that same error to the
+    caller (outside jit) or JAX carries its message (inside), so the logged traceback
+    only duplicated it, ahead of it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        return not isinstance(exc, ConelayersError)
+        # Our warnings too, when a filter turned them into errors.
+        return not isinstance(exc, (ConelayersError, ConelayersWarning))
 
 
 _CALLBACK_LOGGER = logging.getLogger("jax._src.callback")

@@ -70,6 +70,9 @@ SCS_SETTINGS = frozenset({
     "verbose", "normalize", "scale", "adaptive_scale", "rho_x", "max_iters", "eps_abs",
     "eps_rel", "eps_infeas", "alpha", "time_limit_secs", "acceleration_lookback",
     "acceleration_interval", "write_data_filename", "log_csv_filename",
+    # Also accepted by SCS 3.3.1's extension (checked against it; not in its docs):
+    "acceleration_type_1", "acceleration_regularization", "acceleration_relaxation",
+    "adaptive_diag_scale",
 })
 """The settings SCS 3.x's Python interface accepts (plus ``eps`` for both tolerances)."""
 

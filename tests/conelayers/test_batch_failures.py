@@ -171,3 +171,19 @@ def test_nan_mode_judges_the_batch_as_a_whole():
     with pytest.raises(ParameterError,
                        match=r"'w' is declared nonneg .*min -0\.5.* instance\(s\) 3"):
         core.forward([qv, w_neg], nan_args)
+
+
+def test_many_failures_are_summarized_not_quoted_one_by_one():
+    """64 instances, all infeasible: the messages name the first five (then 'and N
+    more'), give details for three, and print no NaN residuals; ``failures`` has all."""
+    prob, q, lo, x = _problem()
+    core = LayerCore(prob, [q, lo], [x])
+    qv = np.zeros((64, 3))
+    lov = np.full((64, 3), 0.5)
+    with pytest.raises(InfeasibleError, match="and 59 more") as info:
+        core.forward([qv, lov])
+    message = str(info.value)
+    assert "instance 5:" not in message and "nan" not in message
+    assert set(info.value.failures) == set(range(64))
+    with pytest.warns(FailedInstanceWarning, match="and 59 more"):
+        core.forward([qv, lov], {"on_failure": "nan"})

@@ -320,3 +320,13 @@ def test_plot_to_a_missing_directory_exits_2_with_one_line(tmp_path, capsys):
     assert main(["diagnose", path, "--quiet", "--plot", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--plot" in err[0]
+
+
+def test_json_error_also_gives_the_one_line_reason_on_stderr(tmp_path, capsys):
+    bad = tmp_path / "bad.mat"
+    bad.write_bytes(b"garbage\n")
+    assert main(["diagnose", str(bad), "--quiet", "--json"]) == 2
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["status"] == "error"
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and "ProblemFileError" in err[0]

@@ -300,3 +300,15 @@ def test_a_reuse_guard_on_a_remembered_scale_drops_the_memory_not_reuse(monkeypa
     assert not pool.drift_hurts(key)
     solve_batch(programs, TIGHT, n_jobs=1, pool=pool)
     assert len(seen) == 4 and "scale" not in seen[3]  # default start, then reused
+
+
+@pytest.mark.parametrize("key, value", [("acceleration_type_1", 0),
+                                        ("acceleration_regularization", 1e-8),
+                                        ("acceleration_relaxation", 1.0),
+                                        ("adaptive_diag_scale", 1)])
+def test_settings_scs_accepts_beyond_its_docs_are_accepted(key, value):
+    """SCS 3.3.1's extension takes these keys (a made-up one it refuses); so does the
+    settings check, and the solve is still right."""
+    programs = _simplex_projection_programs(np.array([[0.3, 0.9, -0.4]]), with_P=True)
+    sol = solve(programs[0], {**TIGHT, key: value})
+    np.testing.assert_allclose(sol.x, _project_simplex(np.array([0.3, 0.9, -0.4])), atol=1e-6)

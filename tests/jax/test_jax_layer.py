@@ -632,3 +632,6 @@ def test_a_value_error_is_raised_without_jax_logging_a_traceback_first(caplog):
     keep = _OwnErrorsFilter()
     assert not keep.filter(record(ParameterError("x")))
     assert keep.filter(record(ValueError("someone else's callback")))
+    # A conelayers warning a filter turned into an error is ours too (it was logged).
+    from conelayers.exceptions import NonUniqueSolutionWarning
+    assert not keep.filter(record(NonUniqueSolutionWarning("x")))
