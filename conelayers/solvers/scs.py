@@ -214,6 +214,13 @@ class WorkspacePool:
             if not memory.hurts and np.isfinite(final_scale) and final_scale > 0:
                 memory.scale = float(final_scale)
 
+    def default_iterations(self, key: tuple) -> float:
+        """Mean iterations of the last batch share started from SCS's default scale
+        (0 if none yet)."""
+        with self._lock:
+            memory = self._scales.get(key)
+            return float(memory.default_iterations or 0.0) if memory is not None else 0.0
+
     def drop_scale_memory(self, key: tuple) -> None:
         """Stop starting new workspaces of ``key`` from a remembered scale, for good."""
         with self._lock:
@@ -397,7 +404,14 @@ def solve_sharing_matrices(
                 pool.record_scale(key, scale)
             drifted = not work.initial_scale
             work.initial_scale = work.initial_scale and unchanged
-            if sol.iterations > REUSE_ITERATION_FACTOR * max(work.first_iterations, 25):
+            yardstick = max(work.first_iterations, 25)
+            if work.from_memory and key is not None:
+                # A start from a good remembered scale can be very fast, which makes its
+                # own first count a poor yardstick (projection_simplex/medium/32: the guard
+                # fired on ordinary instances and dropped a memory that halved the
+                # iterations); the default start's mean is the fair one.
+                yardstick = max(yardstick, pool.default_iterations(key))
+            if sol.iterations > REUSE_ITERATION_FACTOR * yardstick:
                 if key is not None and work.from_memory:
                     # The remembered scale is what misled: drop it, not reuse itself
                     # (socp/medium/32: otherwise every later instance got a fresh

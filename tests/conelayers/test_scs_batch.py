@@ -312,3 +312,27 @@ def test_settings_scs_accepts_beyond_its_docs_are_accepted(key, value):
     programs = _simplex_projection_programs(np.array([[0.3, 0.9, -0.4]]), with_P=True)
     sol = solve(programs[0], {**TIGHT, key: value})
     np.testing.assert_allclose(sol.x, _project_simplex(np.array([0.3, 0.9, -0.4])), atol=1e-6)
+
+
+def test_a_fast_start_from_memory_is_not_held_to_its_own_first_count(monkeypatch):
+    """Scripted: call 1 (default start) averages 200 iterations. Call 2 starts from the
+    remembered scale and its first instance takes only 25; a later one takes 150, more
+    than 2 × 25 but well within the default's 200: the guard judges against the default
+    start's mean, so reuse and the memory both stay (they halved the iterations here)."""
+    programs = _simplex_projection_programs(np.eye(3), with_P=True)
+    script = ([(200, 1, 5.0), (200, 0, 5.0), (200, 0, 5.0)]
+              + [(25, 0, 5.0), (150, 0, 5.0), (25, 0, 5.0)])
+    seen: list[dict] = []
+
+    def scripted(prog, st):
+        seen.append(dict(st))
+        return _ScriptedSolver(script)
+
+    monkeypatch.setattr(scs_mod, "_workspace", scripted)
+    pool = scs_mod.WorkspacePool()
+    key = pool.key(programs[0], TIGHT)
+    solve_batch(programs, TIGHT, n_jobs=1, pool=pool)
+    second = solve_batch(programs, TIGHT, n_jobs=1, pool=pool)
+    assert [s.iterations for s in second] == [25, 150, 25]
+    assert len(seen) == 2 and seen[1]["scale"] == 5.0  # one workspace, reused
+    assert pool.start_settings(key, TIGHT)[1]  # the memory is still in use
