@@ -95,6 +95,21 @@ def _gradient(core: LayerCore, value: np.ndarray, weight: np.ndarray) -> np.ndar
     return grad
 
 
+def _assert_central_differences(core, C0, W, g, draws: int) -> None:
+    """⟨g, D⟩ against central differences of ⟨W, X*(C)⟩ along random D (step 1e-5: the
+    truncation error is O(h²) ≈ 1e-10 and the solve error ~1e-9/h ≈ 1e-4 of a
+    difference, so 1e-5 relative)."""
+    n = C0.shape[0]
+    h = 1e-5
+    rng = np.random.default_rng(6)
+    for _ in range(draws):
+        D = rng.standard_normal((n, n))
+        plus = core.forward([C0 + h * D], TIGHT).outputs[0][0]
+        minus = core.forward([C0 - h * D], TIGHT).outputs[0][0]
+        fd = float(np.sum(W * (plus - minus))) / (2 * h)
+        assert float(np.sum(g * D)) == pytest.approx(fd, rel=1e-5, abs=1e-7)
+
+
 def test_gradient_matches_finite_differences_and_the_sparse_path(monkeypatch):
     """A smooth point of the nearest-correlation map (no zero eigenvalue of the
     projection's argument): the gradient of ⟨W, X*(C)⟩ against central differences
@@ -107,14 +122,7 @@ def test_gradient_matches_finite_differences_and_the_sparse_path(monkeypatch):
     core = _nearest_correlation(n)
     g = _gradient(core, C0, W)
     assert isinstance(core.forward([C0], TIGHT).derivative(0).U.factorization(), SchurLU)
-    h = 1e-5
-    rng = np.random.default_rng(6)
-    for _ in range(3):
-        D = rng.standard_normal((n, n))
-        plus = core.forward([C0 + h * D], TIGHT).outputs[0][0]
-        minus = core.forward([C0 - h * D], TIGHT).outputs[0][0]
-        fd = float(np.sum(W * (plus - minus))) / (2 * h)
-        assert float(np.sum(g * D)) == pytest.approx(fd, rel=1e-5, abs=1e-7)
+    _assert_central_differences(core, C0, W, g, draws=3)
     monkeypatch.setattr(residual_mod, "fixed_block", lambda program, cache: None)
     sparse_core = _nearest_correlation(n)
     g_sparse = _gradient(sparse_core, C0, W)
@@ -164,28 +172,30 @@ def _iterative(monkeypatch) -> None:
     monkeypatch.setattr(residual_mod, "prefers_direct", lambda program: False)
 
 
+def _direct_then_iterative(monkeypatch, make, C0, W):
+    """The gradient of ⟨W, X*(C0)⟩ on the direct path, then with every program sent to
+    the iterative path: (direct gradient, iterative core, its forward result, its
+    gradient)."""
+    g_direct = _gradient(make(C0.shape[0]), C0, W)
+    _iterative(monkeypatch)
+    core = make(C0.shape[0])
+    result = core.forward([C0], TIGHT)
+    (g,) = core.vjp(result, [W[None]])
+    return g_direct, core, result, g
+
+
 def test_iterative_path_uses_schur_gmres_and_matches_finite_differences(monkeypatch):
     """The same nearest-correlation gradient as above, through Schur–GMRES (Newton
     steps and the vjp): against central differences (tolerances as above) and against
     the direct path's gradient (one U, two solvers: 1e-8)."""
     n = 12
     C0, W = _value(n, 4), _value(n, 5)
-    g_direct = _gradient(_nearest_correlation(n), C0, W)
-    _iterative(monkeypatch)
-    core = _nearest_correlation(n)
-    result = core.forward([C0], TIGHT)
-    (g,) = core.vjp(result, [W[None]])
+    g_direct, core, result, g = _direct_then_iterative(monkeypatch, _nearest_correlation,
+                                                       C0, W)
     info = result.derivative(0).last_solve
     assert info.method == "schur-gmres" and info.relative_residual <= 1e-10
     np.testing.assert_allclose(g, g_direct, rtol=1e-8, atol=1e-10)
-    h = 1e-5
-    rng = np.random.default_rng(6)
-    for _ in range(2):
-        D = rng.standard_normal((n, n))
-        plus = core.forward([C0 + h * D], TIGHT).outputs[0][0]
-        minus = core.forward([C0 - h * D], TIGHT).outputs[0][0]
-        fd = float(np.sum(W * (plus - minus))) / (2 * h)
-        assert float(np.sum(g * D)) == pytest.approx(fd, rel=1e-5, abs=1e-7)
+    _assert_central_differences(core, C0, W, g, draws=2)
 
 
 def test_iterative_path_falls_back_to_lsqr_when_k_is_singular(monkeypatch):
@@ -193,11 +203,8 @@ def test_iterative_path_falls_back_to_lsqr_when_k_is_singular(monkeypatch):
     gives the gradient, equal to the direct path's."""
     n = 12
     C0, W = _value(n, 10), _value(n, 11)
-    g_direct = _gradient(_max_cut_relaxation(n), C0, W)
-    _iterative(monkeypatch)
-    core = _max_cut_relaxation(n)
-    result = core.forward([C0], TIGHT)
-    (g,) = core.vjp(result, [W[None]])
+    g_direct, _, result, g = _direct_then_iterative(monkeypatch, _max_cut_relaxation,
+                                                    C0, W)
     assert result.derivative(0).U.schur_krylov() is None
     assert result.derivative(0).last_solve.method == "lsqr"
     np.testing.assert_allclose(g, g_direct, rtol=1e-6, atol=1e-8)

@@ -221,6 +221,19 @@ def test_a_drifted_scale_that_cost_iterations_is_not_reused_in_later_calls(monke
     assert len(built) == 3 and len(pool) == 0  # all fresh; none kept (their scale moved)
 
 
+def _scripted_pool(monkeypatch, script: list) -> tuple[list[dict], scs_mod.WorkspacePool]:
+    """Workspaces that play ``script`` (the settings each was built with are recorded
+    in the returned list), and a fresh pool."""
+    seen: list[dict] = []
+
+    def scripted(prog, st):
+        seen.append(dict(st))
+        return _ScriptedSolver(script)
+
+    monkeypatch.setattr(scs_mod, "_workspace", scripted)
+    return seen, scs_mod.WorkspacePool()
+
+
 # -- the scale memory: new workspaces start where SCS's adaptive scale ended --------------
 
 def test_new_workspaces_start_from_the_scale_scs_adapted_to(monkeypatch):
@@ -259,14 +272,7 @@ def test_a_remembered_scale_that_costs_iterations_is_dropped(monkeypatch):
     workspaces start from SCS's default again."""
     programs = _simplex_projection_programs(np.eye(3), with_P=True)[:1]
     script = [(100, 1, 1e-5), (300, 1, 1e-6), (100, 1, 1e-5)]
-    seen: list[dict] = []
-
-    def scripted(prog, st):
-        seen.append(dict(st))
-        return _ScriptedSolver(script)
-
-    monkeypatch.setattr(scs_mod, "_workspace", scripted)
-    pool = scs_mod.WorkspacePool()
+    seen, pool = _scripted_pool(monkeypatch, script)
     for _ in range(3):
         solve_batch(programs, TIGHT, n_jobs=1, pool=pool)
     assert "scale" not in seen[0] and seen[1]["scale"] == 1e-5 and "scale" not in seen[2]
@@ -283,14 +289,7 @@ def test_a_reuse_guard_on_a_remembered_scale_drops_the_memory_not_reuse(monkeypa
     script = ([(100, 1, 1e-3), (100, 0, 1e-3), (100, 0, 1e-3)]
               + [(50, 0, 1e-3), (500, 0, 1e-3), (100, 1, 1e-3)]
               + [(100, 1, 1e-3), (100, 0, 1e-3), (100, 0, 1e-3)])
-    seen: list[dict] = []
-
-    def scripted(prog, st):
-        seen.append(dict(st))
-        return _ScriptedSolver(script)
-
-    monkeypatch.setattr(scs_mod, "_workspace", scripted)
-    pool = scs_mod.WorkspacePool()
+    seen, pool = _scripted_pool(monkeypatch, script)
     key = pool.key(programs[0], TIGHT)
     solve_batch(programs, TIGHT, n_jobs=1, pool=pool)
     assert len(seen) == 1
@@ -322,14 +321,7 @@ def test_a_fast_start_from_memory_is_not_held_to_its_own_first_count(monkeypatch
     programs = _simplex_projection_programs(np.eye(3), with_P=True)
     script = ([(200, 1, 5.0), (200, 0, 5.0), (200, 0, 5.0)]
               + [(25, 0, 5.0), (150, 0, 5.0), (25, 0, 5.0)])
-    seen: list[dict] = []
-
-    def scripted(prog, st):
-        seen.append(dict(st))
-        return _ScriptedSolver(script)
-
-    monkeypatch.setattr(scs_mod, "_workspace", scripted)
-    pool = scs_mod.WorkspacePool()
+    seen, pool = _scripted_pool(monkeypatch, script)
     key = pool.key(programs[0], TIGHT)
     solve_batch(programs, TIGHT, n_jobs=1, pool=pool)
     second = solve_batch(programs, TIGHT, n_jobs=1, pool=pool)
