@@ -636,7 +636,7 @@ class LayerCore:
         failures = {i: s.status for i, s in enumerate(solutions) if not s.has_solution}
         def detail(i: int) -> str:
             sol = solutions[i]
-            residuals = ""
+            residuals = ", no residuals (SCS returned a certificate, not a point)"
             if np.isfinite(sol.primal_residual) and np.isfinite(sol.dual_residual):
                 residuals = (f", primal residual {sol.primal_residual:.2e}, dual residual "
                              f"{sol.dual_residual:.2e}")

@@ -184,6 +184,7 @@ def test_many_failures_are_summarized_not_quoted_one_by_one():
         core.forward([qv, lov])
     message = str(info.value)
     assert "instance 5:" not in message and "nan" not in message
+    assert "no residuals (SCS returned a certificate" in message
     assert set(info.value.failures) == set(range(64))
     with pytest.warns(FailedInstanceWarning, match="and 59 more"):
         core.forward([qv, lov], {"on_failure": "nan"})
