@@ -120,6 +120,32 @@ class FixedBlock:
     def solve_K(self, rhs: np.ndarray, transpose: bool) -> np.ndarray:
         return self.lu.solve(rhs, trans="T" if transpose else "N")
 
+    def eliminate(
+        self,
+        rhs: np.ndarray,
+        transpose: bool,
+        solve_S: Callable[[np.ndarray, bool], np.ndarray],
+        apply_J_V: Callable[[np.ndarray], np.ndarray],
+    ) -> np.ndarray:
+        """U w = rhs (or Uᵀ w = rhs) by block elimination of K, given a solve with the
+        Schur complement S (or Sᵀ) and the product with J_V (``SchurLU``: an LU of S;
+        ``SchurKrylov``: GMRES)."""
+        nf = self.n + self.mz
+        r_F, r_V = rhs[:nf], rhs[nf:]
+        y = self.solve_K(r_F, transpose)
+        corr = np.zeros(nf)
+        if not transpose:
+            # S w_V = r_V − C y = r_V + A_V y_u;  w_F = K⁻¹(r_F − [A_Vᵀ J_V w_V; 0])
+            w_V = solve_S(r_V + self.A_V @ y[: self.n], False)
+            corr[: self.n] = self.A_VT @ apply_J_V(w_V)
+            w_F = y - self.solve_K(corr, False)
+        else:
+            # Sᵀ w_V = r_V − Bᵀ y = r_V − J_V A_V y_u;  w_F = K⁻ᵀ(r_F + [A_Vᵀ w_V; 0])
+            w_V = solve_S(r_V - apply_J_V(self.A_V @ y[: self.n]), True)
+            corr[: self.n] = self.A_VT @ w_V
+            w_F = y + self.solve_K(corr, True)
+        return np.concatenate([w_F, w_V])
+
 
 _lock = threading.Lock()
 
@@ -227,26 +253,10 @@ class SchurLU:
     # -- the factorization's solves ------------------------------------------------------
     def solve_factor(self, rhs: np.ndarray, transpose: bool = False) -> np.ndarray:
         """One solve through the Schur complement (exact up to rounding)."""
-        f = self.fixed
-        nf = f.n + f.mz
-        r_F, r_V = rhs[:nf], rhs[nf:]
-        y = f.solve_K(r_F, transpose)
-        if not transpose:
-            # S w_V = r_V − C y = r_V + A_V y_u;  w_F = K⁻¹(r_F − [A_Vᵀ J_V w_V; 0])
-            w_V = sla.lu_solve(self._S, r_V + f.A_V @ y[: f.n], check_finite=False)
-            corr = np.zeros(nf)
-            corr[: f.n] = f.A_VT @ self._apply_J_V(w_V)
-            w_F = y - f.solve_K(corr, False)
-        else:
-            # Sᵀ w_V = r_V − Bᵀ y = r_V − J_V A_V y_u;  w_F = K⁻ᵀ(r_F + [A_Vᵀ w_V; 0])
-            w_V = sla.lu_solve(
-                self._S, r_V - self._apply_J_V(f.A_V @ y[: f.n]), trans=1,
-                check_finite=False,
-            )
-            corr = np.zeros(nf)
-            corr[: f.n] = f.A_VT @ w_V
-            w_F = y + f.solve_K(corr, True)
-        return np.concatenate([w_F, w_V])
+        return self.fixed.eliminate(rhs, transpose, self._solve_S, self._apply_J_V)
+
+    def _solve_S(self, rhs: np.ndarray, transpose: bool) -> np.ndarray:
+        return sla.lu_solve(self._S, rhs, trans=1 if transpose else 0, check_finite=False)
 
     def _apply_J_V(self, w: np.ndarray) -> np.ndarray:
         if self._R is not None:
@@ -362,17 +372,4 @@ class SchurKrylov:
 
     def solve(self, rhs: np.ndarray, transpose: bool = False) -> np.ndarray:
         """U w = rhs (or Uᵀ w = rhs) by block elimination of K, as ``SchurLU``."""
-        f = self.fixed
-        nf = f.n + f.mz
-        r_F, r_V = rhs[:nf], rhs[nf:]
-        y = f.solve_K(r_F, transpose)
-        corr = np.zeros(nf)
-        if not transpose:
-            w_V = self._gmres(r_V + f.A_V @ y[: f.n], False)
-            corr[: f.n] = f.A_VT @ self.J_V(w_V)
-            w_F = y - f.solve_K(corr, False)
-        else:
-            w_V = self._gmres(r_V - self.J_V(f.A_V @ y[: f.n]), True)
-            corr[: f.n] = f.A_VT @ w_V
-            w_F = y + f.solve_K(corr, True)
-        return np.concatenate([w_F, w_V])
+        return self.fixed.eliminate(rhs, transpose, self._gmres, self.J_V)
