@@ -109,7 +109,8 @@ class ResidualMap:
         self.n = program.A.shape[1]
         self.m = program.A.shape[0]
         self.ops = _Operators(program, hints)
-        self._last: tuple[np.ndarray, np.ndarray] | None = None
+        # The last evaluation: (z, N(z), the terms of N's rows, for row_scales).
+        self._last: tuple[np.ndarray, np.ndarray, tuple] | None = None
 
     def z_from_solution(self, x: np.ndarray, y: np.ndarray, s: np.ndarray) -> np.ndarray:
         return np.concatenate([x, y - s])
@@ -130,23 +131,26 @@ class ResidualMap:
         y = self.cone.project_dual(v)
         ATy = ops.AT @ y
         top = ATy + prog.c
-        top_scale = 1.0 + np.abs(prog.c) + np.abs(ATy)
+        Pu = None
         if ops.P is not None:
             Pu = ops.P @ u
             top = top + Pu
-            top_scale += np.abs(Pu)
         Au = ops.A @ u
         out = np.concatenate([top, prog.b - Au - y + v])
-        # Per row, the size of the terms that cancel in it (row_scales).
-        scales = np.concatenate([top_scale, 1.0 + np.abs(prog.b) + np.abs(Au) + np.abs(y - v)])
-        self._last = (np.array(z, dtype=np.float64), out.copy(), scales)
+        self._last = (np.array(z, dtype=np.float64), out.copy(), (ATy, Pu, Au, y - v))
         return out
 
     def row_scales(self, z: np.ndarray) -> np.ndarray:
         """Per row of N(z), 1 + the magnitudes of its terms: |c| + |Pu| + |AᵀΠ(v)| for the
-        dual rows, |b| + |Au| + |s| for the primal ones (s = Π(v) − v)."""
+        dual rows, |b| + |Au| + |s| for the primal ones (s = Π(v) − v). From the terms
+        the evaluation of N(z) kept (only the accuracy judgement needs them)."""
         self(z)
-        return self._last[2].copy()
+        ATy, Pu, Au, s = self._last[2]
+        prog = self.program
+        top = 1.0 + np.abs(prog.c) + np.abs(ATy)
+        if Pu is not None:
+            top += np.abs(Pu)
+        return np.concatenate([top, 1.0 + np.abs(prog.b) + np.abs(Au) + np.abs(s)])
 
     def jacobian(
         self, z: np.ndarray, selection: Selection = "lower", kink_tol: float = 0.0
