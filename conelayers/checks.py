@@ -31,6 +31,7 @@ from conelayers.exceptions import (
     NonsmoothPointWarning,
     NonUniqueSolutionWarning,
     SingularJacobianWarning,
+    shortened,
 )
 from conelayers.residual import (
     LinearSolveInfo,
@@ -228,8 +229,7 @@ def check_instance(
     kinks = residual.cone.kinks(z[residual.n :], tol)
     kink_text = tuple(_describe_kink(program, kind, i, rows) for kind, i, rows in kinks)
     if kinks:
-        more = f"; and {len(kinks) - 5} more" if len(kinks) > 5 else ""
-        shown = "; ".join(kink_text[:5]) + more
+        shown = shortened(kink_text, 5, "; ")
         warns.append((
             NonsmoothPointWarning,
             f"{where}: {len(kinks)} cone(s) at a kink of the projection ({shown}); the "

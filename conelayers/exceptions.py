@@ -105,12 +105,20 @@ class NonUniqueSolutionWarning(TrustWarning):
     """
 
 
+def shortened(items: Sequence[str], shown: int = 5, sep: str = ", ") -> str:
+    """The first ``shown`` items joined by ``sep``, then 'and N more' (after a space for
+    ", ", after ``sep`` otherwise): long lists in messages."""
+    text = sep.join(items[:shown])
+    if len(items) <= shown:
+        return text
+    return text + (" " if sep == ", " else sep) + f"and {len(items) - shown} more"
+
+
 def describe_failures(failures: dict[int, str], shown: int = 5) -> str:
     """'instance 2: infeasible, instance 5: unbounded' (the first ``shown``, then 'and N
     more': the error's ``failures`` has them all)."""
-    items = sorted(failures.items())
-    text = ", ".join(f"instance {i}: {status}" for i, status in items[:shown])
-    return text + (f" and {len(items) - shown} more" if len(items) > shown else "")
+    return shortened([f"instance {i}: {status}" for i, status in sorted(failures.items())],
+                     shown)
 
 
 def batch_label(indices: Sequence[int], batch: int | None = None) -> str:
@@ -124,5 +132,4 @@ def batch_label(indices: Sequence[int], batch: int | None = None) -> str:
 
 def first_few(indices: Sequence[int], shown: int = 5) -> str:
     """'1, 3' or '0, 1, 2, 3, 4 and 3 more': a list of batch instances in a message."""
-    listed = ", ".join(str(int(i)) for i in indices[:shown])
-    return listed + (f" and {len(indices) - shown} more" if len(indices) > shown else "")
+    return shortened([str(int(i)) for i in indices], shown)

@@ -47,6 +47,7 @@ from conelayers.exceptions import (
     batch_label,
     describe_failures,
     first_few,
+    shortened,
 )
 from conelayers.linsolve import FactorizationHints
 from conelayers.refine import refine_solution
@@ -634,6 +635,7 @@ class LayerCore:
         """Raise a named error listing every failed instance (after all were tried), or,
         with on_failure="nan", warn and return their indices."""
         failures = {i: s.status for i, s in enumerate(solutions) if not s.has_solution}
+
         def detail(i: int) -> str:
             sol = solutions[i]
             residuals = ", no residuals (SCS returned a certificate, not a point)"
@@ -643,11 +645,9 @@ class LayerCore:
             return f"instance {i}: {sol.iterations} iterations{residuals}"
 
         ordered = sorted(failures)
-        details = "; ".join(detail(i) for i in ordered[:3])
-        if len(ordered) > 3:
-            details += f"; and {len(ordered) - 3} more"
+        details = shortened([detail(i) for i in ordered], 3, "; ")
         if failures and on_failure == "nan":
-            head = batch_label(sorted(failures), len(solutions))
+            head = batch_label(ordered, len(solutions))
             warnings.warn(
                 f"{head}: no solution ({describe_failures(failures)}): their outputs are "
                 "NaN and their gradients zero (on_failure='nan')",
