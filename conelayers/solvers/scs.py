@@ -224,8 +224,7 @@ class WorkspacePool:
     def drop_scale_memory(self, key: tuple) -> None:
         """Stop starting new workspaces of ``key`` from a remembered scale, for good."""
         with self._lock:
-            memory = self._scales.setdefault(key, _ScaleMemory())
-            memory.hurts, memory.scale = True, None
+            self._scales.setdefault(key, _ScaleMemory()).drop()
 
     def judge_scale(self, key: tuple, from_memory: bool, mean_iterations: float) -> None:
         """After a share of a batch solved from one workspace: remember its mean
@@ -239,7 +238,7 @@ class WorkspacePool:
             elif mean_iterations > SCALE_MEMORY_HURT_FACTOR * max(
                 memory.default_iterations or 0.0, 25.0
             ):
-                memory.hurts, memory.scale = True, None
+                memory.drop()
 
     def drift_hurts(self, key: tuple) -> bool:
         """Whether a workspace whose scale moved has cost this key's batches iterations
@@ -316,8 +315,11 @@ class _ScaleMemory:
     ``drift_hurts``, which replaced every later instance's workspace)."""
 
     scale: float | None = None
-    default_iterations: int | None = None
+    default_iterations: float | None = None
     hurts: bool = False
+
+    def drop(self) -> None:
+        self.hurts, self.scale = True, None
 
 
 @dataclass
