@@ -165,11 +165,7 @@ class _LayerFunction(torch.autograd.Function):
                         dtype=ctx.dtype) if g is None else g
             for g, o in zip(grad_outputs, ctx.result.outputs)
         ]
-        functorch = torch._C._functorch
-        wrapped = any(functorch.is_functorch_wrapped_tensor(g) for g in grads)
-        if any(_grad_tracking_depth(p) > 1 for p in ctx.saved_tensors):
-            # Nested torch.func.grad: the gradient itself is being differentiated.
-            _second_order(ctx)
+        wrapped = any(torch._C._functorch.is_functorch_wrapped_tensor(g) for g in grads)
         if not wrapped and not torch.is_grad_enabled():
             # Plain backward without create_graph: nothing can differentiate the
             # gradient, so the core is called directly (the operator's dispatch costs
@@ -180,13 +176,17 @@ class _LayerFunction(torch.autograd.Function):
         # Eager autograd with create_graph: pass the parameters so a second derivative
         # raises (see _layer_vjp). Under torch.func the operator's autograd rule cannot
         # run on wrapped tensors, so the parameters are left out there.
-        params = [] if wrapped else list(ctx.saved_tensors)
+        params = list(ctx.saved_tensors)
         if wrapped:
+            if any(_grad_tracking_depth(p) > 1 for p in params):
+                # Nested torch.func.grad: the gradient itself is being differentiated.
+                _second_order(ctx)
             # Under torch.func the cotangent may itself depend on the inputs (a loss
             # nonlinear in the outputs); the operator's autograd rule cannot run on such
             # tensors, and the dependence matters only to second derivatives, which the
             # layer does not give: cut it at this level.
             grads = [g.detach() for g in grads]
+            params = []
         return (None, None, None, None, None, *_layer_vjp(handle, grads, params))
 
     @staticmethod
