@@ -635,3 +635,25 @@ def test_a_value_error_is_raised_without_jax_logging_a_traceback_first(caplog):
     # A conelayers warning a filter turned into an error is ours too (it was logged).
     from conelayers.exceptions import NonUniqueSolutionWarning
     assert not keep.filter(record(NonUniqueSolutionWarning("x")))
+
+
+def test_a_warning_raised_as_error_under_jit_surfaces_as_jax_runtime_error():
+    """The README's pattern (a conelayers warning made an error) inside jax.jit: the
+    class is lost at the callback boundary, the message is not; outside jit it is the
+    warning class itself. (Degenerate LP: cost parallel to the simplex's facet.)"""
+    import warnings
+
+    from conelayers.exceptions import ConelayersWarning
+    from conelayers.jax import CvxpyLayer
+
+    x, c = cp.Variable(2), cp.Parameter(2)
+    prob = cp.Problem(cp.Minimize(c @ x), [x >= 0, cp.sum(x) == 1])
+    with jax.enable_x64(True):
+        layer = CvxpyLayer(prob, parameters=[c], variables=[x])
+        g = jax.grad(lambda c: layer(c)[0][0])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ConelayersWarning)
+            with pytest.raises(ConelayersWarning):
+                g(jnp.array([1.0, 1.0]))
+            with pytest.raises(jax.errors.JaxRuntimeError, match="not unique|singular"):
+                jax.jit(g)(jnp.array([1.0, 1.0]))

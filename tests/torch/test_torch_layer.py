@@ -317,3 +317,12 @@ def test_nested_func_grad_raises_instead_of_returning_zero():
     inner = torch.func.grad(lambda v: layer(v)[0].pow(2).sum())
     with pytest.raises(ConelayersError, match="first-order derivatives only"):
         torch.func.grad(lambda v: inner(v).sum())(s)
+
+
+def test_func_hessian_fails_loudly():
+    """No second derivatives: torch.func.hessian (forward over reverse) stops with
+    torch's error rather than returning a Hessian without the layer's curvature."""
+    layer = _sparsemax_layer()
+    s = torch.tensor([0.9, 0.5, -0.2, 0.1], dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="vmap"):
+        torch.func.hessian(lambda v: layer(v)[0].pow(2).sum())(s)
