@@ -21,6 +21,7 @@ import canonicalize
 import conelayers
 from canonicalize import CanonicalizationError, ParametricConeProgram, compile_problem
 from conelayers._threads import map_batch, single_threaded_blas
+from conelayers.batch_refine import refine_batch
 from conelayers.checks import (
     CHECK_LEVELS,
     CheckReport,
@@ -584,9 +585,20 @@ class LayerCore:
                 return refine_solution(residual, sol, settings, selection)
             return residual.z_from_solution(sol.x, sol.y, sol.s), None
 
-        # Refinement is mostly factorizations and products that release the GIL
-        # (SuperLU, LAPACK, SciPy sparse), so threads over the batch run in parallel.
-        settled = map_batch(settle, len(programs), own.get("n_jobs"))
+        # Small polyhedral programs: the whole batch refined at once (batch_refine);
+        # what that leaves goes instance by instance. Refinement is mostly
+        # factorizations and products that release the GIL (SuperLU, LAPACK, SciPy
+        # sparse), so threads over the batch run in parallel.
+        at_once = (
+            refine_batch(residuals, solutions,
+                         [k for k in range(len(programs)) if k not in failed], selection)
+            if refine else {}
+        )
+        rest = [k for k in range(len(programs)) if k not in at_once]
+        settled_rest = map_batch(lambda i: settle(rest[i]), len(rest), own.get("n_jobs"))
+        settled = [at_once.get(k) for k in range(len(programs))]
+        for k, item in zip(rest, settled_rest):
+            settled[k] = item
         xs, ys, points, jacobians = [], [], [], []
         inaccurate: list[tuple[type, int, str]] = []
         for k, (z, jac) in enumerate(settled):

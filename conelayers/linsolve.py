@@ -56,6 +56,13 @@ def estimate_norm(U: sp.spmatrix | np.ndarray, iterations: int = 8, seed: int = 
     return sigma
 
 
+def shift_for(norm: float) -> float:
+    """δ = 1e-13‖U‖, the shift of an LU where one is needed (see _SparseLU/_DenseLU).
+    Solves refine iteratively against U itself, so the shift costs no accuracy where U
+    is regular (the error contracts by ≈ δ·cond(U) per step)."""
+    return 1e-13 * (norm if norm > 0 else 1.0)
+
+
 def refine_iteratively(
     solve: Callable[[np.ndarray], np.ndarray],
     apply: Callable[[np.ndarray], np.ndarray],
@@ -205,10 +212,15 @@ class _SparseLU:
 
 class _DenseLU:
     """LAPACK LU (partial pivoting) of a dense U + δI (the shift keeps an exactly
-    singular U factorizable; solves refine against U itself)."""
+    singular U factorizable; solves refine against U itself), or one factorized already
+    (``factors``: what ``scipy.linalg.lu_factor`` returned for U + δI)."""
 
-    def __init__(self, U: np.ndarray, shift: float) -> None:
-        self._lu = sla.lu_factor(U + shift * np.eye(U.shape[0]), check_finite=False)
+    def __init__(
+        self, U: np.ndarray, shift: float, factors: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> None:
+        if factors is None:
+            factors = sla.lu_factor(U + shift * np.eye(U.shape[0]), check_finite=False)
+        self._lu = factors
         self.pivots = np.abs(np.diagonal(self._lu[0]))
 
     def solve(self, rhs: np.ndarray, transpose: bool) -> np.ndarray:
@@ -222,22 +234,24 @@ class NullSpaceLU:
     def __init__(
         self, U: sp.spmatrix | np.ndarray, rtol: float = SINGULAR_RTOL, block: int = 4,
         seed: int = 0, hints: FactorizationHints | None = None,
+        dense_factors: tuple[float, tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> None:
+        """``dense_factors``: (‖U‖ estimate, LAPACK LU of U + shift_for(‖U‖)·I) computed
+        already (a whole batch factorized at once, ``conelayers.batch_refine``)."""
         self.dense = isinstance(U, np.ndarray)
         U = np.asarray(U, dtype=np.float64) if self.dense else sp.csc_matrix(U)
         self.U = U
         self.size = U.shape[0]
-        self.norm = estimate_norm(U)
+        self.norm = estimate_norm(U) if dense_factors is None else dense_factors[0]
         self.rtol = rtol
-        scale = self.norm if self.norm > 0 else 1.0
-        # δ = 1e-13‖U‖ where a shift is needed (see _SparseLU/_DenseLU). Solves refine
-        # iteratively against U itself, so the shift costs no accuracy where U is
-        # regular (the error contracts by ≈ δ·cond(U) per step).
-        self.shift = 1e-13 * scale
+        self.shift = shift_for(self.norm)
         self._hints = hints
-        self._lu = (
-            _DenseLU(U, self.shift) if self.dense else _SparseLU(U, self.shift, hints)
-        )
+        if dense_factors is not None:
+            self._lu = _DenseLU(U, self.shift, dense_factors[1])
+        elif self.dense:
+            self._lu = _DenseLU(U, self.shift)
+        else:
+            self._lu = _SparseLU(U, self.shift, hints)
         # Tiny pivots of the LU estimate the nullity, so one block usually suffices.
         pivots = self._lu.pivots
         self.tiny_pivots = int(

@@ -140,6 +140,11 @@ class ResidualMap:
         self._last = (np.array(z, dtype=np.float64), out.copy(), (ATy, Pu, Au, y - v))
         return out
 
+    def remember(self, z: np.ndarray, value: np.ndarray, terms: tuple) -> None:
+        """Take N(z) and its terms (ATy, Pu, Au, s) as evaluated elsewhere (a batch
+        evaluated at once), as if this map had evaluated them."""
+        self._last = (np.array(z, dtype=np.float64), np.array(value), terms)
+
     def row_scales(self, z: np.ndarray) -> np.ndarray:
         """Per row of N(z), 1 + the magnitudes of its terms: |c| + |Pu| + |AᵀΠ(v)| for the
         dual rows, |b| + |Au| + |s| for the primal ones (s = Π(v) − v). From the terms
@@ -168,14 +173,16 @@ class ResidualJacobian:
         J: ConeJacobian,
         ops: _Operators | None = None,
         preconditioner: NullSpaceLU | None = None,
+        factorization: NullSpaceLU | None = None,
     ) -> None:
+        """``factorization``: U's LU made already (a batch factorized at once)."""
         self.program = program
         self.J = J
         self.ops = ops if ops is not None else _Operators(program)
         self.n = program.A.shape[1]
         self.m = program.A.shape[0]
         self.size = self.n + self.m
-        self._lu: NullSpaceLU | None = None
+        self._lu: NullSpaceLU | SchurLU | None = factorization
         # The LU of a nearby U (a Newton Jacobian a refinement step away): solves with
         # this U then refine against it instead of factorizing again (see solve).
         self.preconditioner = (

@@ -49,10 +49,18 @@ class NonnegCone(ConeBlock):
     ) -> DiagonalJacobian:
         v = as_vector(v, self.size)
         check_selection(selection, kink_tol)
+        return DiagonalJacobian(self.jacobian_diagonal(v, selection, kink_tol))
+
+    @staticmethod
+    def jacobian_diagonal(
+        v: np.ndarray, selection: Selection, kink_tol: float | np.ndarray
+    ) -> np.ndarray:
+        """The diagonal q of the Jacobian element at v; also for a stack of points
+        (rows of a 2-d v, with one tolerance per row as a column)."""
         q = (v > kink_tol).astype(np.float64)
         if selection == "upper":
             q[np.abs(v) <= kink_tol] = 1.0
-        return DiagonalJacobian(q)
+        return q
 
     def kink_distance(self, v: np.ndarray) -> np.ndarray:
         """|vᵢ| per row."""

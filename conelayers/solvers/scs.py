@@ -131,10 +131,33 @@ def normalize_settings(solver_args: dict | None) -> dict:
     return settings
 
 
+_UPPER_CACHE_SIZE = 8
+_upper_cache: OrderedDict[int, tuple[sp.csc_matrix, sp.csc_matrix]] = OrderedDict()
+_upper_lock = threading.Lock()
+
+
+def _upper(P: sp.csc_matrix) -> sp.csc_matrix:
+    """The upper triangle of P that SCS takes, kept for the last few P objects: a layer's
+    fixed P is the same object for every instance, and forming the triangle was most
+    of a new workspace's Python-side cost on small programs (0.2 of 0.26 ms, lasso/small,
+    where fresh workspaces replace drifted ones)."""
+    with _upper_lock:
+        hit = _upper_cache.get(id(P))
+        if hit is not None and hit[0] is P:
+            _upper_cache.move_to_end(id(P))
+            return hit[1]
+    upper = sp.triu(P, format="csc")
+    with _upper_lock:
+        _upper_cache[id(P)] = (P, upper)  # P kept alive with its entry: its id stays its own
+        while len(_upper_cache) > _UPPER_CACHE_SIZE:
+            _upper_cache.popitem(last=False)
+    return upper
+
+
 def _workspace(program: ConeProgram, settings: dict) -> scs.SCS:
     data = {"A": program.A, "b": program.b, "c": program.c}
     if program.P is not None:
-        data["P"] = sp.triu(program.P, format="csc")
+        data["P"] = _upper(program.P)
     return scs.SCS(data, program.dims.to_scs(), **settings)
 
 
