@@ -171,3 +171,15 @@ def test_only_small_polyhedral_batches_apply():
     assert not applies(residuals)
     _, _, _, _, _, _, residuals, solutions, _ = _setup("lp")
     assert refine_batch(residuals, solutions, [0]) == {}
+
+
+def test_unusable_points_are_left_to_the_per_instance_path():
+    """A point the batch cannot refine (here NaN; in practice a rejected step or an
+    inaccurate end point) is not settled; the others are, unaffected."""
+    from dataclasses import replace
+
+    _, _, _, _, _, _, residuals, solutions, _ = _setup("qp_eq")
+    solutions = list(solutions)
+    solutions[2] = replace(solutions[2], x=np.full_like(solutions[2].x, np.nan))
+    at_once = refine_batch(residuals, solutions, range(BATCH))
+    assert 2 not in at_once and len(at_once) == BATCH - 1
