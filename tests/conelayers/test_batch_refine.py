@@ -183,3 +183,19 @@ def test_unusable_points_are_left_to_the_per_instance_path():
     solutions[2] = replace(solutions[2], x=np.full_like(solutions[2].x, np.nan))
     at_once = refine_batch(residuals, solutions, range(BATCH))
     assert 2 not in at_once and len(at_once) == BATCH - 1
+
+
+def test_large_batches_are_refined_in_chunks(monkeypatch):
+    """Batches beyond CHUNK go in parts (bounded memory) with the same results; a last
+    part of one instance is left to the per-instance path."""
+    import conelayers.batch_refine as batch_refine
+
+    _, _, _, _, _, _, residuals, solutions, _ = _setup("lasso")
+    whole = refine_batch(residuals, solutions, range(BATCH))
+    monkeypatch.setattr(batch_refine, "CHUNK", 2)
+    parts = refine_batch(residuals, solutions, range(BATCH))
+    assert sorted(parts) == list(range(BATCH))
+    for k in range(BATCH):
+        np.testing.assert_allclose(parts[k][0], whole[k][0], rtol=0, atol=1e-12)
+    monkeypatch.setattr(batch_refine, "CHUNK", 5)
+    assert sorted(refine_batch(residuals, solutions, range(BATCH))) == list(range(5))
