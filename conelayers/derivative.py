@@ -13,6 +13,7 @@ pattern): nothing here is dense in (m × n).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,8 +56,9 @@ def data_cotangent(
     """−(∂N/∂data)ᵀ r as (Ā values, b̄, c̄, P̄ values): Ā = r_v xᵀ − y r_uᵀ, b̄ = −r_v,
     c̄ = −r_u, P̄ = −r_u xᵀ on the stored patterns (n = x.size splits r); Ā (P̄) is None
     without a pattern (a constant matrix: no parameter to pass it back to). ``r`` may
-    hold several vectors as columns; each output then has one column per vector."""
-    ru, rv = r[: x.size], r[x.size :]
+    hold several vectors as columns; each output then has one column per vector (with
+    x and y either one vector for all, or one column each)."""
+    ru, rv = r[: x.shape[0]], r[x.shape[0] :]
     A_bar = None
     if A_pattern is not None:
         A_bar = A_pattern.outer(rv, x) - A_pattern.outer(y, ru)
@@ -121,3 +123,47 @@ class SolutionDerivative:
         A_pattern = None if self.constant[0] else self.A_pattern
         P_pattern = None if self.constant[1] else self.P_pattern
         return data_cotangent(r, self.x, self.y, A_pattern, P_pattern)
+
+
+BATCH_SOLVE_RTOL = 1e-8
+"""Relative residual a batched solve must reach; an instance above it is solved again
+on its own (``ResidualJacobian.solve``), as a direct solve that misses it is there."""
+
+
+def vjp_many(
+    derivatives: Sequence[SolutionDerivative], dX: np.ndarray, dY: np.ndarray
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray | None]:
+    """``vjp`` of several instances at once (gradients on x and y as columns, s̄ = 0),
+    each with a regular dense LU (``ResidualJacobian.regular_dense_lu``): the solves with
+    Uᵀ use the LAPACK factors directly, refined twice against the stacked U, and the data
+    cotangents come out as columns (one per instance). On small programs this replaces
+    ~0.15 ms of per-instance Python (qp/small) by a few stacked products."""
+    lus = [d.U.regular_dense_lu() for d in derivatives]
+    G = np.stack([
+        np.concatenate([dX[:, i], d.U.J.matvec(dY[:, i])]) for i, d in enumerate(derivatives)
+    ])
+    U = np.stack([lu.U for lu in lus])
+
+    def solve(rhs: np.ndarray) -> np.ndarray:
+        return np.stack([lu.solve_factor(r, transpose=True) for lu, r in zip(lus, rhs)])
+
+    def apply(W: np.ndarray) -> np.ndarray:  # Uᵀw per row
+        return np.matmul(W[:, None, :], U)[:, 0, :]
+
+    W = solve(G)
+    for _ in range(2):
+        W += solve(G - apply(W))
+    scale = np.maximum(np.linalg.norm(G, axis=1), 1e-300)
+    res = np.linalg.norm(G - apply(W), axis=1) / scale
+    for i, d in enumerate(derivatives):
+        if not res[i] <= BATCH_SOLVE_RTOL:  # also NaN
+            W[i], d.last_solve = d.U.solve(G[i], transpose=True, method=d.method,
+                                           visible=d.visible)
+        else:
+            d.last_solve = LinearSolveInfo("direct", float(res[i]))
+    first = derivatives[0]
+    X = np.stack([d.x for d in derivatives], axis=1)
+    Y = np.stack([d.y for d in derivatives], axis=1)
+    A_pattern = None if first.constant[0] else first.A_pattern
+    P_pattern = None if first.constant[1] else first.P_pattern
+    return data_cotangent(W.T, X, Y, A_pattern, P_pattern)

@@ -32,7 +32,7 @@ from conelayers.checks import (
     visible_coordinates,
 )
 from conelayers.cones import SELECTIONS, ProductCone, Selection
-from conelayers.derivative import Pattern, SolutionDerivative
+from conelayers.derivative import Pattern, SolutionDerivative, vjp_many
 from conelayers.exceptions import (
     FailedInstanceWarning,
     InaccurateSolutionWarning,
@@ -722,17 +722,32 @@ class LayerCore:
         def cotangent(k: int) -> tuple:
             return result.derivative(k).vjp(X_bar[:, k], Y_bar[:, k], zeros_m)
 
-        # Per instance only the solve with Uᵀ; the data adjoint maps all columns at once.
-        parts = map_batch(lambda i: cotangent(live[i]), len(live), result.n_jobs)
+        # Instances with a regular dense LU (small programs) solve together (vjp_many);
+        # the others one by one. The data adjoint maps all columns at once.
+        together = [k for k in live if result.method in ("auto", "direct")
+                    and result.derivative(k).U.regular_dense_lu() is not None]
+        if len(together) < 2:
+            together = []
+        alone = [k for k in live if k not in set(together)]
+        parts = map_batch(lambda i: cotangent(alone[i]), len(alone), result.n_jobs)
+        columns = [
+            [None if part[j] is None else part[j][:, None] for part in parts]
+            for j in range(4)
+        ]
+        if together:
+            many = vjp_many([result.derivative(k) for k in together],
+                            X_bar[:, together], Y_bar[:, together])
+            for j in range(4):
+                columns[j].append(many[j])
         result.warn_unsolved(live, adjoint=True)
         theta_bar = np.zeros((prog.num_theta, B))
-        if parts:
+        if live:
 
             def stacked(j: int) -> np.ndarray | None:
-                cols = [part[j] for part in parts]
-                return None if cols[0] is None else np.stack(cols, axis=1)
+                cols = columns[j]
+                return None if cols[0] is None else np.concatenate(cols, axis=1)
 
-            theta_bar[:, live] = prog.data_adjoint(
+            theta_bar[:, alone + together] = prog.data_adjoint(
                 stacked(0), stacked(1), stacked(2), stacked(3)
             )
         divide_by_log_values(theta_bar, prog, result.theta)

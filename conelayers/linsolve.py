@@ -28,6 +28,7 @@ import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
+from scipy.linalg.lapack import dgetrs as getrs
 from scipy.sparse import csgraph
 
 from conelayers._threads import ThreadBound, release_handed_back
@@ -224,7 +225,12 @@ class _DenseLU:
         self.pivots = np.abs(np.diagonal(self._lu[0]))
 
     def solve(self, rhs: np.ndarray, transpose: bool) -> np.ndarray:
-        return sla.lu_solve(self._lu, rhs, trans=1 if transpose else 0, check_finite=False)
+        # LAPACK's getrs itself: scipy.linalg.lu_solve's checks and batching wrapper cost
+        # more than the solve at the sizes this is used for (~25 vs ~4 µs at order 100).
+        out, info = getrs(*self._lu, rhs, trans=1 if transpose else 0)
+        if info != 0:
+            raise ValueError(f"LAPACK getrs failed (info = {info})")
+        return out
 
 
 class NullSpaceLU:

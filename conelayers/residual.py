@@ -251,6 +251,14 @@ class ResidualJacobian:
         return U
 
     # -- solves -----------------------------------------------------------------------
+    def regular_dense_lu(self) -> NullSpaceLU | None:
+        """U's own dense LU if it is held and has no tiny pivot (a solve with it is then
+        the whole direct solve), else None."""
+        lu = self._lu
+        if isinstance(lu, NullSpaceLU) and lu.dense and lu.tiny_pivots == 0:
+            return lu
+        return None
+
     @property
     def factorized(self) -> bool:
         """Whether U has been factorized (a reusable LU is held)."""

@@ -199,3 +199,30 @@ def test_large_batches_are_refined_in_chunks(monkeypatch):
         np.testing.assert_allclose(parts[k][0], whole[k][0], rtol=0, atol=1e-12)
     monkeypatch.setattr(batch_refine, "CHUNK", 5)
     assert sorted(refine_batch(residuals, solutions, range(BATCH))) == list(range(5))
+
+
+@pytest.mark.parametrize("name", ["lasso", "factor_qp"])
+def test_batched_vjp_matches_instance_by_instance(name, monkeypatch):
+    """vjp_many (stacked solves with Uᵀ) gives each instance's own vjp (1e-10), and
+    instances whose stacked solve misses BATCH_SOLVE_RTOL are solved again alone with
+    the same result."""
+    import conelayers.derivative as derivative
+    from conelayers.derivative import vjp_many
+
+    _, _, _, core, values, *_ = _setup(name, seed=4)
+    result = core.forward(values)
+    rng = np.random.default_rng(2)
+    derivs = [result.derivative(k) for k in range(BATCH)]
+    assert all(d.U.regular_dense_lu() is not None for d in derivs)
+    dX = rng.standard_normal((core.program.n, BATCH))
+    dY = rng.standard_normal((core.program.m, BATCH))
+    for rtol in (derivative.BATCH_SOLVE_RTOL, -1.0):  # -1: every instance falls back
+        monkeypatch.setattr(derivative, "BATCH_SOLVE_RTOL", rtol)
+        many = vjp_many(derivs, dX, dY)
+        for k, d in enumerate(derivs):
+            one = d.vjp(dX[:, k], dY[:, k], np.zeros(core.program.m))
+            for got, want in zip(many, one):
+                if want is None:
+                    assert got is None
+                else:
+                    np.testing.assert_allclose(got[:, k], want, rtol=1e-10, atol=1e-12)
