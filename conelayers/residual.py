@@ -17,6 +17,8 @@ singular at every solution (DESIGN.md §2).
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,6 +95,83 @@ def prefers_direct(program: ConeProgram) -> bool:
     bound = program.A.nnz * (1 + widest) + sum(b * b for b in blocks)
     bound += dims.zero + dims.nonneg + (program.P.nnz if program.P is not None else 0)
     return bound <= SPARSE_DIRECT_MAX_NNZ
+
+
+class _Blocks:
+    """What assembling U = [[P, Aᵀ diag(q)], [−A, I − diag(q)]] needs of one (A, P): the
+    left columns [P; −A] and the rows of A (the right columns are A's rows scaled by q)."""
+
+    def __init__(self, A: sp.csc_matrix, P: sp.csc_matrix | None) -> None:
+        m, n = A.shape
+        P_block = P if P is not None else sp.csc_matrix((n, n))
+        self.left = sp.vstack([P_block, -A], format="csc")
+        self.left.sort_indices()
+        rows = A.tocsr()
+        rows.sort_indices()
+        self.indptr, self.indices, self.data = rows.indptr, rows.indices, rows.data
+        self.row_len = np.diff(rows.indptr)
+        self.entry_row = np.repeat(np.arange(m), self.row_len)
+        self.offset = np.arange(rows.nnz) - rows.indptr[self.entry_row]
+
+
+_BLOCKS_CACHE_SIZE = 8
+_blocks_cache: OrderedDict[tuple[int, int], tuple[object, object, _Blocks]] = OrderedDict()
+_blocks_lock = threading.Lock()
+
+
+def _blocks(program: ConeProgram) -> _Blocks:
+    """``_Blocks`` of the program's (A, P), kept for the last few pairs of objects: a layer
+    with fixed A and P assembles every instance's U from one."""
+    A, P = program.A, program.P
+    key = (id(A), id(P))
+    with _blocks_lock:
+        hit = _blocks_cache.get(key)
+        if hit is not None and hit[0] is A and hit[1] is P:
+            _blocks_cache.move_to_end(key)
+            return hit[2]
+    blocks = _Blocks(A, P)
+    with _blocks_lock:
+        _blocks_cache[key] = (A, P, blocks)  # A, P kept alive: their ids stay theirs
+        while len(_blocks_cache) > _BLOCKS_CACHE_SIZE:
+            _blocks_cache.popitem(last=False)
+    return blocks
+
+
+def assemble_diagonal(program: ConeProgram, q: np.ndarray) -> sp.csc_matrix:
+    """U for a diagonal cone Jacobian diag(q), straight in CSC: column n + i holds row i
+    of A scaled by qᵢ (where qᵢ ≠ 0) and 1 − qᵢ on the diagonal (where that is ≠ 0).
+    Without the sparse products and block stacking of the general assembly (qp/medium:
+    2.3 → ~0.2 ms), and with the same entries."""
+    b = _blocks(program)
+    m, n = program.A.shape
+    keep = q != 0.0
+    diag = 1.0 - q
+    keep_diag = diag != 0.0
+    counts = np.where(keep, b.row_len, 0) + keep_diag
+    indptr = np.zeros(m + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    sel = keep[b.entry_row]
+    rows_sel = b.entry_row[sel]
+    pos_a = indptr[rows_sel] + b.offset[sel]
+    diag_rows = np.flatnonzero(keep_diag)
+    pos_d = indptr[diag_rows] + np.where(keep[diag_rows], b.row_len[diag_rows], 0)
+    indices = np.empty(indptr[-1], dtype=np.int64)
+    data = np.empty(indptr[-1])
+    indices[pos_a] = b.indices[sel]
+    data[pos_a] = b.data[sel] * q[rows_sel]
+    indices[pos_d] = n + diag_rows
+    data[pos_d] = diag[diag_rows]
+    left = b.left
+    U = sp.csc_matrix(
+        (
+            np.concatenate([left.data, data]),
+            np.concatenate([left.indices.astype(np.int64), indices]),
+            np.concatenate([left.indptr.astype(np.int64), left.nnz + indptr[1:]]),
+        ),
+        shape=(n + m, n + m),
+    )
+    U.has_sorted_indices = True
+    return U
 
 
 class ResidualMap:
@@ -224,6 +303,9 @@ class ResidualJacobian:
 
     def tosparse(self) -> sp.csc_matrix:
         """U as a sparse matrix."""
+        q = self.J.diagonal()
+        if q is not None:
+            return assemble_diagonal(self.program, q)
         A = self.program.A
         P = self.program.P
         Jm = self.J.tosparse()

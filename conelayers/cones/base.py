@@ -66,6 +66,11 @@ class ConeJacobian(LinearOperator):
         """J as a dense array (small systems)."""
         return self.tosparse().toarray()
 
+    def diagonal(self) -> np.ndarray | None:
+        """J's diagonal if J is a diagonal matrix (zero and nonnegative cones), else
+        None: U is then assembled by scaling columns (``residual.assemble_diagonal``)."""
+        return None
+
     def dense_blocks(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per group of equal-size blocks: (row indices (c, s), dense blocks (c, s, s))."""
         raise NotImplementedError

@@ -25,6 +25,9 @@ class DiagonalJacobian(ConeJacobian):
     def todense(self) -> np.ndarray:
         return np.diag(self.q)
 
+    def diagonal(self) -> np.ndarray:
+        return self.q
+
 
 class NonnegCone(ConeBlock):
     """K = K* = ℝ^size₊. Kinks at vᵢ = 0, where qᵢ ∈ [0, 1]: "lower" takes 0 (as autograd

@@ -38,6 +38,15 @@ class BlockDiagonalJacobian(ConeJacobian):
             out[sl, sl] = J.todense()
         return out
 
+    def diagonal(self) -> np.ndarray | None:
+        out = np.zeros(self.shape[0])
+        for sl, J in self.parts:
+            d = J.diagonal()
+            if d is None:
+                return None
+            out[sl] = d
+        return out
+
     def tosparse(self) -> sp.csc_matrix:
         if not self.parts:
             return sp.csc_matrix(self.shape, dtype=np.float64)

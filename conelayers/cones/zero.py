@@ -21,6 +21,9 @@ class IdentityJacobian(ConeJacobian):
     def todense(self) -> np.ndarray:
         return np.eye(self.shape[0])
 
+    def diagonal(self) -> np.ndarray:
+        return np.ones(self.shape[0])
+
 
 class ZeroCone(ConeBlock):
     """K = {0} ⊂ ℝ^size; K* = ℝ^size. No kinks."""
