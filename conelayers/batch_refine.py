@@ -1,19 +1,21 @@
-"""Newton refinement of a whole batch at once, for small polyhedral programs.
+"""Newton refinement of a whole batch at once, for small programs.
 
 On small programs refinement per instance is mostly Python overhead, not arithmetic
 (qp/small: ~0.4 ms per instance around a 55 × 55 LU that takes 20 µs). Where every cone
-is zero or nonnegative (LP, QP, Lasso, simplex projections), Π_{K*} and its Jacobian act
-entrywise, so the batch is refined as stacked arrays: N(Z) for all instances in a few
-matrix products, U for all of them at once (dense: n + m ≤ DENSE_MAX_SIZE), one LAPACK
-LU each. The steps follow ``residual.newton_refine``'s plain LU step: a full step is
-kept only if it is not blown up by a tiny pivot and lowers ‖N‖ tenfold, and the end
-point must pass the same accuracy test (``ACCURACY_RTOL`` row by row). An instance where
-any of that fails goes through the per-instance path (``refine.refine_solution``), which
-has the minimum-norm steps and the SCS polish.
+is zero, nonnegative or second-order, Π_{K*} and its Jacobian are computed for a stack
+of points at once (entrywise, or per group of equal-size cones), so the batch is refined
+as stacked arrays: N(Z) for all instances in a few matrix products, U for all of them at
+once (dense: n + m ≤ DENSE_MAX_SIZE), one LAPACK LU each. The steps follow
+``residual.newton_refine``'s plain LU step: a full step is kept only if it is not blown
+up by a tiny pivot and lowers ‖N‖ tenfold, and the end point must pass the same
+accuracy test (``ACCURACY_RTOL`` row by row). An instance where any of that fails goes
+through the per-instance path (``refine.refine_solution``), which has the minimum-norm
+steps and the SCS polish.
 
 Each settled instance gets the Jacobian for its derivative at the refined point, with
 the derivative's kink tolerance and the user's selection; the last Newton LU serves
-when its active set is that one (the usual case), otherwise U is factorized there.
+when its Jacobian is that one (an unchanged active set on polyhedral cones), otherwise U
+is factorized there.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from scipy.linalg.lapack import dgetrs as getrs
 from conelayers.checks import ACCURACY_RTOL
 from conelayers.cones import Selection
 from conelayers.cones.nonneg import DiagonalJacobian, NonnegCone
-from conelayers.cones.product import BlockDiagonalJacobian
+from conelayers.cones.product import BlockDiagonalJacobian, ProductCone
+from conelayers.cones.soc import dense_group_blocks
 from conelayers.cones.zero import IdentityJacobian
 from conelayers.linsolve import NullSpaceLU, shift_for
 from conelayers.residual import (
@@ -39,7 +42,7 @@ from conelayers.residual import (
 )
 from conelayers.solvers.scs import ConeSolution
 
-POLYHEDRAL = frozenset({"zero", "nonneg"})
+BATCHED = frozenset({"zero", "nonneg", "soc"})
 MIN_BATCH = 2
 """Fewest instances refined at once: for one, the per-instance path costs less (qp/small,
 batch 1: forward + backward 1.36 ms per instance against 1.48 at once)."""
@@ -58,11 +61,61 @@ NORM_ITERATIONS = 8
 
 
 def applies(residuals: Sequence[ResidualMap]) -> bool:
-    """Whether the batch can be refined at once: small (dense U) and polyhedral."""
+    """Whether the batch can be refined at once: small (dense U), zero, nonnegative and
+    second-order cones only."""
     if not residuals:
         return False
     first = residuals[0]
-    return first.n + first.m <= DENSE_MAX_SIZE and set(first.cone.blocks) <= POLYHEDRAL
+    return first.n + first.m <= DENSE_MAX_SIZE and set(first.cone.blocks) <= BATCHED
+
+
+class _Jacobians:
+    """Cone Jacobian elements of a stack of points: the diagonal q of the zero and
+    nonnegative rows (0 on the second-order rows) and, per group of equal-size
+    second-order cones, their coefficients and directions (``SecondOrderCones``)."""
+
+    def __init__(self, q: np.ndarray, soc: list[tuple[np.ndarray, np.ndarray]] | None,
+                 layout: _Batch) -> None:
+        self.q, self.soc, self.layout = q, soc, layout
+
+    def take(self, rows: list[int]) -> _Jacobians:
+        soc = None if self.soc is None else [(c[rows], w[rows]) for c, w in self.soc]
+        return _Jacobians(self.q[rows], soc, self.layout)
+
+    def same(self, j: int, other: _Jacobians, k: int) -> bool:
+        """Whether row j of these and row k of ``other`` are the same element."""
+        if not np.array_equal(self.q[j], other.q[k]):
+            return False
+        return self.soc is None or all(
+            np.array_equal(c1[j], c2[k]) and np.array_equal(w1[j], w2[k])
+            for (c1, w1), (c2, w2) in zip(self.soc, other.soc)
+        )
+
+    def dense(self) -> np.ndarray:
+        """J for each row, (k, m, m)."""
+        k, m = self.q.shape
+        J = np.zeros((k, m, m))
+        rows = np.arange(m)
+        J[:, rows, rows] = self.q
+        if self.soc is not None:
+            start = self.layout.soc_slice.start
+            for rows, (coef, what) in zip(self.layout.soc.group_rows, self.soc):
+                idx = rows + start
+                J[:, idx[:, :, None], idx[:, None, :]] = dense_group_blocks(coef, what)
+        return J
+
+    def element(self, j: int, cone: ProductCone) -> BlockDiagonalJacobian:
+        """Row j as the cone Jacobian object the derivative and the checks use."""
+        parts = []
+        for kind, sl in cone.slices.items():
+            if kind == "zero":
+                parts.append((sl, IdentityJacobian(sl.stop - sl.start)))
+            elif kind == "nonneg":
+                parts.append((sl, DiagonalJacobian(self.q[j, sl].copy())))
+            else:  # soc (``applies``)
+                soc = self.layout.soc
+                parts.append((sl, soc.jacobian_from([(c[j], w[j]) for c, w in self.soc])))
+        return BlockDiagonalJacobian(self.layout.m, parts)
 
 
 class _Batch:
@@ -84,6 +137,8 @@ class _Batch:
         self.c = np.stack([p.c for p in programs])
         nonneg = first.cone.slices.get("nonneg")
         self.nonneg = nonneg if nonneg is not None else slice(0, 0)
+        self.soc = first.cone.blocks.get("soc")
+        self.soc_slice = first.cone.slices.get("soc", slice(0, 0))
 
     # -- products with A, Aᵀ, P for the rows ``idx`` of a stack ---------------------------
     def _A(self, X: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -102,6 +157,8 @@ class _Batch:
         u, v = Z[:, :n], Z[:, n:]
         y = v.copy()
         y[:, self.nonneg] = np.maximum(v[:, self.nonneg], 0.0)
+        if self.soc is not None:
+            y[:, self.soc_slice] = self.soc.project_dual_stack(v[:, self.soc_slice])
         ATy = self._AT(y, idx)
         top = ATy + self.c[idx]
         Pu = None
@@ -121,26 +178,37 @@ class _Batch:
         bottom = 1.0 + np.abs(self.b[idx]) + np.abs(Au) + np.abs(s)
         return np.max(np.abs(N) / np.concatenate([top, bottom], axis=1), axis=1, initial=0.0)
 
-    def diagonal(self, Z: np.ndarray, selection: Selection, tol: np.ndarray) -> np.ndarray:
-        """The diagonal q of each point's cone Jacobian (1 on the zero cone's rows)."""
+    def jacobians(self, Z: np.ndarray, selection: Selection, tol: np.ndarray) -> _Jacobians:
+        """The cone Jacobian element at each point (rows of Z), kinks within ``tol``
+        (one per row) taking the ``selection``."""
         q = np.ones((Z.shape[0], self.m))
         sl = self.nonneg
         q[:, sl] = NonnegCone.jacobian_diagonal(
             Z[:, self.n + sl.start : self.n + sl.stop], selection, tol[:, None]
         )
-        return q
+        soc = None
+        if self.soc is not None:
+            q[:, self.soc_slice] = 0.0
+            v = Z[:, self.n + self.soc_slice.start : self.n + self.soc_slice.stop]
+            soc = self.soc.jacobian_coefficients(v, selection, tol[:, None])
+        return _Jacobians(q, soc, self)
 
-    def assemble(self, q: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        """U = [[P, Aᵀ diag(q)], [−A, I − diag(q)]] for each row of q."""
+    def assemble(self, jacs: _Jacobians, idx: np.ndarray) -> np.ndarray:
+        """U = [[P, AᵀJ], [−A, I − J]] for each element of ``jacs`` (instances ``idx``)."""
         n, m = self.n, self.m
-        U = np.zeros((q.shape[0], n + m, n + m))
+        U = np.zeros((len(idx), n + m, n + m))
         if self.P is not None:
             U[:, :n, :n] = self.P if self.shared_P else self.P[idx]
         AT = self.A.T if self.shared_A else self.A[idx].transpose(0, 2, 1)
-        U[:, :n, n:] = AT * q[:, None, :]
         U[:, n:, :n] = -(self.A if self.shared_A else self.A[idx])
-        rows = np.arange(n, n + m)
-        U[:, rows, rows] = 1.0 - q
+        if jacs.soc is None:  # diagonal J: scaled columns
+            U[:, :n, n:] = AT * jacs.q[:, None, :]
+            rows = np.arange(n, n + m)
+            U[:, rows, rows] = 1.0 - jacs.q
+        else:
+            J = jacs.dense()
+            U[:, :n, n:] = np.matmul(AT, J)
+            U[:, n:, n:] = np.eye(m) - J
         return U
 
 
@@ -215,14 +283,14 @@ def refine_batch(
     norms = np.linalg.norm(N, axis=1)
     goal = TOL * (1.0 + np.linalg.norm(batch.b, axis=1) + np.linalg.norm(batch.c, axis=1))
     failed = ~np.all(np.isfinite(Z), axis=1) | ~np.isfinite(norms)
-    last: dict[int, tuple[np.ndarray, _Factors, int]] = {}  # Newton's q, LU, row there
+    last: dict[int, tuple[_Jacobians, int, _Factors]] = {}  # Newton's J, its row, LU
     for _ in range(MAX_STEPS):
         idx = np.flatnonzero(~failed & (norms > goal))
         if not idx.size:
             break
         Zi = Z[idx]
-        q = batch.diagonal(Zi, selection, KINK_RTOL * (1.0 + np.abs(Zi).max(axis=1)))
-        factors = _Factors(batch.assemble(q, idx))
+        jacs = batch.jacobians(Zi, selection, KINK_RTOL * (1.0 + np.abs(Zi).max(axis=1)))
+        factors = _Factors(batch.assemble(jacs, idx))
         steps = factors.solve(N[idx])
         blown = ~np.all(np.isfinite(steps), axis=1) | (
             np.abs(steps).max(axis=1) > 1.0 + np.abs(Zi).max(axis=1)
@@ -238,7 +306,7 @@ def refine_batch(
             if term is not None:
                 term[keep] = terms_c[j][ok]
         for row, k in zip(np.flatnonzero(ok), keep):
-            last[int(k)] = (q[row], factors, int(row))
+            last[int(k)] = (jacs, int(row), factors)
     settled = ~failed & (batch.relative(N, terms, every) <= ACCURACY_RTOL)
     idx = np.flatnonzero(settled)
     if not idx.size:
@@ -246,30 +314,22 @@ def refine_batch(
     # The derivative's Jacobian at the refined point: kink tolerance as
     # residual.kink_tolerance, the user's selection.
     tol = KINK_RTOL * (1.0 + np.abs(Z[idx]).max(axis=1)) + 10.0 * norms[idx]
-    q_final = batch.diagonal(Z[idx], selection, tol)
+    final = batch.jacobians(Z[idx], selection, tol)
     fresh = [
         j for j, k in enumerate(idx)
-        if int(k) not in last or not np.array_equal(last[int(k)][0], q_final[j])
+        if int(k) not in last or not final.same(j, last[int(k)][0], last[int(k)][1])
     ]
-    new_factors = _Factors(batch.assemble(q_final[fresh], idx[fresh])) if fresh else None
+    new_factors = _Factors(batch.assemble(final.take(fresh), idx[fresh])) if fresh else None
     where = {j: (new_factors, r) for r, j in enumerate(fresh)}
     out = {}
-    sl = batch.nonneg
     for j, k in enumerate(idx):
-        factors, row = where[j] if j in where else last[int(k)][1:]
+        factors, row = where[j] if j in where else (last[int(k)][2], last[int(k)][1])
         residual = residuals[instances[k]]
         z = Z[k]
         residual.remember(z, N[k], tuple(t[k] if t is not None else None for t in terms))
-        parts = []
-        cone = residual.cone
-        if "zero" in cone.slices:
-            zero = cone.slices["zero"]
-            parts.append((zero, IdentityJacobian(zero.stop - zero.start)))
-        if "nonneg" in cone.slices:
-            parts.append((sl, DiagonalJacobian(q_final[j, sl].copy())))
-        J = BlockDiagonalJacobian(batch.m, parts)
         jac = ResidualJacobian(
-            residual.program, J, residual.ops, factorization=factors.factorization(row)
+            residual.program, final.element(j, residual.cone), residual.ops,
+            factorization=factors.factorization(row),
         )
         out[instances[k]] = (z.copy(), jac)
     return out

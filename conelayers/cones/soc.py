@@ -51,6 +51,21 @@ class _GroupJacobian:
     what: np.ndarray  # (c, s - 1)
 
 
+def dense_group_blocks(coef: np.ndarray, what: np.ndarray) -> np.ndarray:
+    """The dense blocks (..., c, s, s) of a group's Jacobian elements from their
+    coefficients (..., c, 4) and directions ŵ (..., c, s − 1)."""
+    s = what.shape[-1] + 1
+    c0, c1, c2, c3 = np.moveaxis(coef, -1, 0)
+    M = np.zeros((*what.shape[:-1], s, s))
+    M[..., 0, 0] = c0
+    M[..., 0, 1:] = c1[..., None] * what
+    M[..., 1:, 0] = c1[..., None] * what
+    M[..., 1:, 1:] = c3[..., None, None] * what[..., :, None] * what[..., None, :]
+    diag = np.arange(1, s)
+    M[..., diag, diag] += c2[..., None]
+    return M
+
+
 class SocJacobian(ConeJacobian):
     """Block-diagonal Clarke-Jacobian element of the SOC projections (matrix-free)."""
 
@@ -74,19 +89,7 @@ class SocJacobian(ConeJacobian):
 
     def dense_blocks(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per group: (row indices (c, s), dense blocks (c, s, s))."""
-        blocks = []
-        for g in self.groups:
-            c, s = g.idx.shape
-            c0, c1, c2, c3 = g.coef.T
-            M = np.zeros((c, s, s))
-            M[:, 0, 0] = c0
-            M[:, 0, 1:] = c1[:, None] * g.what
-            M[:, 1:, 0] = c1[:, None] * g.what
-            M[:, 1:, 1:] = c3[:, None, None] * g.what[:, :, None] * g.what[:, None, :]
-            diag = np.arange(1, s)
-            M[:, diag, diag] += c2[:, None]
-            blocks.append((g.idx, M))
-        return blocks
+        return [(g.idx, dense_group_blocks(g.coef, g.what)) for g in self.groups]
 
     def todense(self) -> np.ndarray:
         return self._fill_dense()
@@ -132,22 +135,27 @@ class SecondOrderCones(ConeBlock):
 
     @staticmethod
     def _parts(v: np.ndarray, g: _Group) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        V = v[g.idx]
-        W = V[:, 1:]
-        return V, V[:, 0], np.sqrt(np.einsum("ij,ij->i", W, W))
+        """(V, t, ‖w‖) of one group's cones: V of shape (..., c, s) for v of shape
+        (..., size) (a stack of points has leading axes)."""
+        V = v[..., g.idx]
+        W = V[..., 1:]
+        return V, V[..., 0], np.sqrt(np.einsum("...j,...j->...", W, W))
 
     def project_dual(self, v: np.ndarray) -> np.ndarray:
-        v = as_vector(v, self.size)
-        out = np.empty(self.size)
+        return self.project_dual_stack(as_vector(v, self.size))
+
+    def project_dual_stack(self, v: np.ndarray) -> np.ndarray:
+        """Π_{K*} of each row of v (shape (..., size)): the batch refinement's form."""
+        out = np.empty(v.shape)
         for g in self._groups:
             V, t, nw = self._parts(v, g)
             interior = nw <= t
             polar = nw <= -t
             safe = np.where(interior | polar, 1.0, nw)
             alpha = np.where(interior, 1.0, np.where(polar, 0.0, 0.5 * (1.0 + t / safe)))
-            P = alpha[:, None] * V
-            P[:, 0] = np.where(interior, t, alpha * nw)
-            out[g.idx] = P
+            P = alpha[..., None] * V
+            P[..., 0] = np.where(interior, t, alpha * nw)
+            out[..., g.idx] = P
         return out
 
     def project(self, v: np.ndarray) -> np.ndarray:
@@ -176,10 +184,31 @@ class SecondOrderCones(ConeBlock):
     ) -> SocJacobian:
         v = as_vector(v, self.size)
         check_selection(selection, kink_tol)
+        return self.jacobian_from(self.jacobian_coefficients(v, selection, kink_tol))
+
+    @property
+    def group_rows(self) -> list[np.ndarray]:
+        """Per group of equal-size cones, their row indices (c, s) within the block."""
+        return [g.idx for g in self._groups]
+
+    def jacobian_from(self, coefficients: list[tuple[np.ndarray, np.ndarray]]) -> SocJacobian:
+        """The Jacobian element with these per-group coefficients and directions (one
+        point's, as ``jacobian_coefficients`` gives them)."""
+        groups = [
+            _GroupJacobian(g.idx, coef, what)
+            for g, (coef, what) in zip(self._groups, coefficients)
+        ]
+        return SocJacobian(self.size, groups)
+
+    def jacobian_coefficients(
+        self, v: np.ndarray, selection: Selection, kink_tol: float | np.ndarray
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per group, (c₀..c₃ per cone, ŵ per cone) of the Jacobian element at each row of
+        v (shape (..., size); ``kink_tol`` broadcasts against (..., cones of the group))."""
         upper = selection == "upper"
         eye = np.array([1.0, 0.0, 1.0, 0.0])
         zero = np.zeros(4)
-        groups = []
+        out = []
         for g in self._groups:
             V, t, nw = self._parts(v, g)
             d_k, d_p = self._distances(t, nw, g.dim)
@@ -195,19 +224,20 @@ class SecondOrderCones(ConeBlock):
             # r = t/‖w‖ on the else branch; ±1 at the boundary kinks (nearest kink point).
             r = np.where(other, t / np.where(other, nw, 1.0), 0.0)
             r = np.where(k_bd, 1.0, np.where(p_bd, -1.0, r))
-            else_coef = np.stack(
-                [0.5 * np.ones_like(r), 0.5 * np.ones_like(r), 0.5 * (1.0 + r), -0.5 * r], axis=1
-            )
+            half = np.full_like(r, 0.5)
+            else_coef = np.stack([half, half, 0.5 * (1.0 + r), -0.5 * r], axis=-1)
 
             use_else = other | (k_bd & (not upper)) | (p_bd & upper)
             use_eye = interior | (upper & (k_bd | origin))
-            coef = np.where(use_else[:, None], else_coef, np.where(use_eye[:, None], eye, zero))
+            coef = np.where(
+                use_else[..., None], else_coef, np.where(use_eye[..., None], eye, zero)
+            )
 
-            W = V[:, 1:]
+            W = V[..., 1:]
             pos = nw > 0
             what = np.zeros_like(W)
-            what[pos] = W[pos] / nw[pos, None]
-            if W.shape[1]:
+            what[pos] = W[pos] / nw[pos][..., None]
+            if W.shape[-1]:
                 what[~pos, 0] = 1.0  # any unit vector: ŵ is arbitrary when w = 0
-            groups.append(_GroupJacobian(g.idx, coef, what))
-        return SocJacobian(self.size, groups)
+            out.append((coef, what))
+        return out
