@@ -1,9 +1,9 @@
 """Newton refinement of a whole batch at once, for small programs.
 
 On small programs refinement per instance is mostly Python overhead, not arithmetic
-(qp/small: ~0.4 ms per instance around a 55 × 55 LU that takes 20 µs). Where every cone
-is zero, nonnegative or second-order, Π_{K*} and its Jacobian are computed for a stack
-of points at once (entrywise, or per group of equal-size cones), so the batch is refined
+(qp/small: ~0.4 ms per instance around a 55 × 55 LU that takes 20 µs). Where no cone is
+exponential, Π_{K*} and its Jacobian are computed for a stack of points at once
+(entrywise, or per group of equal-size SOC or PSD cones), so the batch is refined
 as stacked arrays: N(Z) for all instances in a few matrix products, U for all of them at
 once (dense: n + m ≤ DENSE_MAX_SIZE), one LAPACK LU each. The steps follow
 ``residual.newton_refine``'s plain LU step: a full step is kept only if it is not blown
@@ -30,7 +30,8 @@ from scipy.linalg.lapack import dgetrs as getrs
 from conelayers.checks import ACCURACY_RTOL
 from conelayers.cones import Selection
 from conelayers.cones.nonneg import DiagonalJacobian, NonnegCone
-from conelayers.cones.product import BlockDiagonalJacobian, ProductCone
+from conelayers.cones.product import BlockDiagonalJacobian
+from conelayers.cones.psd import dense_psd_blocks
 from conelayers.cones.soc import dense_group_blocks
 from conelayers.cones.zero import IdentityJacobian
 from conelayers.linsolve import NullSpaceLU, shift_for
@@ -42,7 +43,7 @@ from conelayers.residual import (
 )
 from conelayers.solvers.scs import ConeSolution
 
-BATCHED = frozenset({"zero", "nonneg", "soc"})
+BATCHED = frozenset({"zero", "nonneg", "soc", "psd"})
 MIN_BATCH = 2
 """Fewest instances refined at once: for one, the per-instance path costs less (qp/small,
 batch 1: forward + backward 1.36 ms per instance against 1.48 at once)."""
@@ -61,34 +62,39 @@ NORM_ITERATIONS = 8
 
 
 def applies(residuals: Sequence[ResidualMap]) -> bool:
-    """Whether the batch can be refined at once: small (dense U), zero, nonnegative and
-    second-order cones only."""
+    """Whether the batch can be refined at once: small (dense U), no exponential cones."""
     if not residuals:
         return False
     first = residuals[0]
     return first.n + first.m <= DENSE_MAX_SIZE and set(first.cone.blocks) <= BATCHED
 
 
+_DENSE_BLOCKS = {"soc": dense_group_blocks, "psd": dense_psd_blocks}
+"""Per curved cone kind: dense blocks from a group's coefficients (leading axes kept)."""
+
+
 class _Jacobians:
     """Cone Jacobian elements of a stack of points: the diagonal q of the zero and
-    nonnegative rows (0 on the second-order rows) and, per group of equal-size
-    second-order cones, their coefficients and directions (``SecondOrderCones``)."""
+    nonnegative rows (0 on the other rows) and, per curved kind (second-order, PSD) and
+    group of equal-size cones, the coefficients its cone block gives
+    (``jacobian_coefficients``: (c₀..c₃, ŵ) for SOC, (Q, Ω) for PSD)."""
 
-    def __init__(self, q: np.ndarray, soc: list[tuple[np.ndarray, np.ndarray]] | None,
+    def __init__(self, q: np.ndarray, curved: dict[str, list[tuple[np.ndarray, ...]]],
                  layout: _Batch) -> None:
-        self.q, self.soc, self.layout = q, soc, layout
+        self.q, self.curved, self.layout = q, curved, layout
 
     def take(self, rows: list[int]) -> _Jacobians:
-        soc = None if self.soc is None else [(c[rows], w[rows]) for c, w in self.soc]
-        return _Jacobians(self.q[rows], soc, self.layout)
+        curved = {kind: [tuple(a[rows] for a in group) for group in groups]
+                  for kind, groups in self.curved.items()}
+        return _Jacobians(self.q[rows], curved, self.layout)
 
     def same(self, j: int, other: _Jacobians, k: int) -> bool:
         """Whether row j of these and row k of ``other`` are the same element."""
-        if not np.array_equal(self.q[j], other.q[k]):
-            return False
-        return self.soc is None or all(
-            np.array_equal(c1[j], c2[k]) and np.array_equal(w1[j], w2[k])
-            for (c1, w1), (c2, w2) in zip(self.soc, other.soc)
+        return np.array_equal(self.q[j], other.q[k]) and all(
+            np.array_equal(a[j], b[k])
+            for kind, groups in self.curved.items()
+            for group, other_group in zip(groups, other.curved[kind])
+            for a, b in zip(group, other_group)
         )
 
     def dense(self) -> np.ndarray:
@@ -97,24 +103,26 @@ class _Jacobians:
         J = np.zeros((k, m, m))
         rows = np.arange(m)
         J[:, rows, rows] = self.q
-        if self.soc is not None:
-            start = self.layout.soc_slice.start
-            for rows, (coef, what) in zip(self.layout.soc.group_rows, self.soc):
-                idx = rows + start
-                J[:, idx[:, :, None], idx[:, None, :]] = dense_group_blocks(coef, what)
+        cone = self.layout.cone
+        for kind, groups in self.curved.items():
+            start = cone.slices[kind].start
+            for rows_g, group in zip(cone.blocks[kind].group_rows, groups):
+                idx = rows_g + start
+                J[:, idx[:, :, None], idx[:, None, :]] = _DENSE_BLOCKS[kind](*group)
         return J
 
-    def element(self, j: int, cone: ProductCone) -> BlockDiagonalJacobian:
+    def element(self, j: int) -> BlockDiagonalJacobian:
         """Row j as the cone Jacobian object the derivative and the checks use."""
+        cone = self.layout.cone
         parts = []
         for kind, sl in cone.slices.items():
             if kind == "zero":
                 parts.append((sl, IdentityJacobian(sl.stop - sl.start)))
             elif kind == "nonneg":
                 parts.append((sl, DiagonalJacobian(self.q[j, sl].copy())))
-            else:  # soc (``applies``)
-                soc = self.layout.soc
-                parts.append((sl, soc.jacobian_from([(c[j], w[j]) for c, w in self.soc])))
+            else:  # soc, psd (``applies``)
+                groups = [tuple(a[j] for a in group) for group in self.curved[kind]]
+                parts.append((sl, cone.blocks[kind].jacobian_from(groups)))
         return BlockDiagonalJacobian(self.layout.m, parts)
 
 
@@ -137,8 +145,8 @@ class _Batch:
         self.c = np.stack([p.c for p in programs])
         nonneg = first.cone.slices.get("nonneg")
         self.nonneg = nonneg if nonneg is not None else slice(0, 0)
-        self.soc = first.cone.blocks.get("soc")
-        self.soc_slice = first.cone.slices.get("soc", slice(0, 0))
+        self.cone = first.cone
+        self.curved = [kind for kind in ("soc", "psd") if kind in first.cone.blocks]
 
     # -- products with A, Aᵀ, P for the rows ``idx`` of a stack ---------------------------
     def _A(self, X: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -157,8 +165,9 @@ class _Batch:
         u, v = Z[:, :n], Z[:, n:]
         y = v.copy()
         y[:, self.nonneg] = np.maximum(v[:, self.nonneg], 0.0)
-        if self.soc is not None:
-            y[:, self.soc_slice] = self.soc.project_dual_stack(v[:, self.soc_slice])
+        for kind in self.curved:
+            sl = self.cone.slices[kind]
+            y[:, sl] = self.cone.blocks[kind].project_dual_stack(v[:, sl])
         ATy = self._AT(y, idx)
         top = ATy + self.c[idx]
         Pu = None
@@ -186,12 +195,16 @@ class _Batch:
         q[:, sl] = NonnegCone.jacobian_diagonal(
             Z[:, self.n + sl.start : self.n + sl.stop], selection, tol[:, None]
         )
-        soc = None
-        if self.soc is not None:
-            q[:, self.soc_slice] = 0.0
-            v = Z[:, self.n + self.soc_slice.start : self.n + self.soc_slice.stop]
-            soc = self.soc.jacobian_coefficients(v, selection, tol[:, None])
-        return _Jacobians(q, soc, self)
+        curved = {}
+        for kind in self.curved:
+            sl = self.cone.slices[kind]
+            q[:, sl] = 0.0
+            v = Z[:, self.n + sl.start : self.n + sl.stop]
+            # One tolerance per point, against (points, cones) for SOC distances and
+            # (points, cones, eigenvalues) for PSD.
+            t = tol[:, None] if kind == "soc" else tol[:, None, None]
+            curved[kind] = self.cone.blocks[kind].jacobian_coefficients(v, selection, t)
+        return _Jacobians(q, curved, self)
 
     def assemble(self, jacs: _Jacobians, idx: np.ndarray) -> np.ndarray:
         """U = [[P, AᵀJ], [−A, I − J]] for each element of ``jacs`` (instances ``idx``)."""
@@ -201,7 +214,7 @@ class _Batch:
             U[:, :n, :n] = self.P if self.shared_P else self.P[idx]
         AT = self.A.T if self.shared_A else self.A[idx].transpose(0, 2, 1)
         U[:, n:, :n] = -(self.A if self.shared_A else self.A[idx])
-        if jacs.soc is None:  # diagonal J: scaled columns
+        if not jacs.curved:  # diagonal J: scaled columns
             U[:, :n, n:] = AT * jacs.q[:, None, :]
             rows = np.arange(n, n + m)
             U[:, rows, rows] = 1.0 - jacs.q
@@ -328,7 +341,7 @@ def refine_batch(
         z = Z[k]
         residual.remember(z, N[k], tuple(t[k] if t is not None else None for t in terms))
         jac = ResidualJacobian(
-            residual.program, final.element(j, residual.cone), residual.ops,
+            residual.program, final.element(j), residual.ops,
             factorization=factors.factorization(row),
         )
         out[instances[k]] = (z.copy(), jac)

@@ -117,17 +117,18 @@ class PsdJacobian(ConeJacobian):
         ).tocsc()
 
 
-def _omega(lam: np.ndarray, upper: bool, kink_tol: float) -> np.ndarray:
-    """Ω (c, n, n) from eigenvalues λ (c, n); zero eigenvalues (|λ| ≤ kink_tol) count as
-    negative ("lower") or positive ("upper") and enter the divided difference as 0."""
+def _omega(lam: np.ndarray, upper: bool, kink_tol: float | np.ndarray) -> np.ndarray:
+    """Ω (..., c, n, n) from eigenvalues λ (..., c, n); zero eigenvalues (|λ| ≤ kink_tol,
+    which broadcasts against (..., c, 1)) count as negative ("lower") or positive
+    ("upper") and enter the divided difference as 0."""
     zero = np.abs(lam) <= kink_tol
     pos = (lam > kink_tol) | (zero & upper)
     lam_eff = np.where(zero, 0.0, lam)
     lp = np.maximum(lam_eff, 0.0)
-    pi, pj = pos[:, :, None], pos[:, None, :]
+    pi, pj = pos[..., :, None], pos[..., None, :]
     mixed = pi != pj
-    num = lp[:, :, None] - lp[:, None, :]
-    den = lam_eff[:, :, None] - lam_eff[:, None, :]
+    num = lp[..., :, None] - lp[..., None, :]
+    den = lam_eff[..., :, None] - lam_eff[..., None, :]
     # On mixed pairs one side is > kink_tol or < -kink_tol and the other is not, so den ≠ 0.
     ratio = num / np.where(mixed, den, 1.0)
     return np.where(pi & pj, 1.0, np.where(mixed, ratio, 0.0))
@@ -158,15 +159,18 @@ class PsdCones(ConeBlock):
         return [slice(int(a), int(b)) for a, b in pairwise(self.offsets)]
 
     def _eigh(self, v: np.ndarray, g: _Group) -> tuple[np.ndarray, np.ndarray]:
-        return np.linalg.eigh(smat(v[g.idx]))
+        return np.linalg.eigh(smat(v[..., g.idx]))
 
     def project_dual(self, v: np.ndarray) -> np.ndarray:
-        v = as_vector(v, self.size)
-        out = np.empty(self.size)
+        return self.project_dual_stack(as_vector(v, self.size))
+
+    def project_dual_stack(self, v: np.ndarray) -> np.ndarray:
+        """Π_{K*} of each row of v (shape (..., size)): the batch refinement's form."""
+        out = np.empty(v.shape)
         for g in self._groups:
             lam, Q = self._eigh(v, g)
-            P = (Q * np.maximum(lam, 0.0)[:, None, :]) @ np.swapaxes(Q, -1, -2)
-            out[g.idx] = svec(P)
+            P = (Q * np.maximum(lam, 0.0)[..., None, :]) @ np.swapaxes(Q, -1, -2)
+            out[..., g.idx] = svec(P)
         return out
 
     def project(self, v: np.ndarray) -> np.ndarray:
@@ -187,8 +191,36 @@ class PsdCones(ConeBlock):
     ) -> PsdJacobian:
         v = as_vector(v, self.size)
         check_selection(selection, kink_tol)
-        groups = []
+        return self.jacobian_from(self.jacobian_coefficients(v, selection, kink_tol))
+
+    def jacobian_coefficients(
+        self, v: np.ndarray, selection: Selection, kink_tol: float | np.ndarray
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per group, (Q, Ω) of the Jacobian element at each row of v (shape (..., size);
+        ``kink_tol`` broadcasts against (..., cones of the group, 1))."""
+        out = []
         for g in self._groups:
             lam, Q = self._eigh(v, g)
-            groups.append(_GroupJacobian(g.idx, Q, _omega(lam, selection == "upper", kink_tol)))
+            out.append((Q, _omega(lam, selection == "upper", kink_tol)))
+        return out
+
+    @property
+    def group_rows(self) -> list[np.ndarray]:
+        """Per group of equal-order cones, their row indices (c, k) within the block."""
+        return [g.idx for g in self._groups]
+
+    def jacobian_from(self, coefficients: list[tuple[np.ndarray, np.ndarray]]) -> PsdJacobian:
+        """The Jacobian element with these per-group (Q, Ω) (one point's)."""
+        groups = [_GroupJacobian(g.idx, Q, omega)
+                  for g, (Q, omega) in zip(self._groups, coefficients)]
         return PsdJacobian(self.size, groups)
+
+
+def dense_psd_blocks(Q: np.ndarray, omega: np.ndarray) -> np.ndarray:
+    """The dense svec Jacobians (..., k, k) of elements with eigenvectors Q and Ω
+    (..., n, n): J applied to the svec basis (small orders: the batch refinement)."""
+    n = Q.shape[-1]
+    k = svec_size(n)
+    basis = smat(np.eye(k))  # (k, n, n)
+    columns = _apply(Q[..., None, :, :], omega[..., None, :, :], basis)  # (..., k, n, n)
+    return np.swapaxes(svec(columns), -1, -2)
