@@ -41,9 +41,11 @@ def single_threaded_blas() -> Iterator[None]:
     global _depth
     with _lock:
         if _depth == 0:
-            ctrl = _controller()
-            _saved[:] = [ctrl.info()]
-            _set_limits(ctrl, 1)
+            libs = _blas_libraries()
+            _saved[:] = [[lib.num_threads for lib in libs]]
+            for lib, threads in zip(libs, _saved[0]):
+                if threads != 1:
+                    lib.set_num_threads(1)
         _depth += 1
     try:
         yield
@@ -51,19 +53,23 @@ def single_threaded_blas() -> Iterator[None]:
         with _lock:
             _depth -= 1
             if _depth == 0:
-                _restore(_controller(), _saved.pop())
+                for lib, threads in zip(_blas_libraries(), _saved.pop()):
+                    if threads != 1:
+                        lib.set_num_threads(threads)
 
 
-def _set_limits(ctrl: ThreadpoolController, limit: int) -> None:
-    for lib in ctrl.select(user_api="blas").lib_controllers:
-        lib.set_num_threads(limit)
+def _blas_libraries() -> list:
+    """threadpoolctl's controllers of the BLAS libraries loaded so far (looked up again
+    only when the process has loaded new libraries: each call of the core enters and
+    leaves ``single_threaded_blas``, and a fresh lookup costs more than a small solve)."""
+    global _libraries
+    ctrl = _controller()
+    if _libraries is None or _libraries[0] is not ctrl:
+        _libraries = (ctrl, ctrl.select(user_api="blas").lib_controllers)
+    return _libraries[1]
 
 
-def _restore(ctrl: ThreadpoolController, info: list[dict]) -> None:
-    threads = {d["filepath"]: d["num_threads"] for d in info}
-    for lib in ctrl.select(user_api="blas").lib_controllers:
-        if lib.filepath in threads:
-            lib.set_num_threads(threads[lib.filepath])
+_libraries: tuple | None = None
 
 
 @lru_cache(maxsize=1)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import scipy.linalg as sla
@@ -43,18 +44,36 @@ def _orthonormal(Y: np.ndarray) -> np.ndarray:
 
 
 def estimate_norm(U: sp.spmatrix | np.ndarray, iterations: int = 8, seed: int = 0) -> float:
-    """σ_max(U) by power iteration on UᵀU (a few sparse products)."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(U.shape[1])
+    """σ_max(U) by power iteration on UᵀU (a few products; for a small dense U, with
+    UᵀU formed once), from a start fixed by ``seed`` and the size."""
+    x = _power_start(U.shape[1], seed)
+    if isinstance(U, np.ndarray) and U.shape[0] <= 200:
+        gram = U.T @ U
+        for _ in range(iterations - 1):
+            x = gram @ x
+            scale = float(np.sqrt(x @ x))
+            if scale == 0.0:
+                return 0.0
+            x = x / scale
+        return float(np.sqrt(max(float(x @ (gram @ x)), 0.0)))
     sigma = 0.0
     for _ in range(iterations):
-        x /= np.linalg.norm(x)
+        x = x / np.linalg.norm(x)
         y = U @ x
         sigma = float(np.linalg.norm(y))
         if sigma == 0.0:
             return 0.0
         x = U.T @ y
     return sigma
+
+
+@lru_cache(maxsize=32)
+def _power_start(size: int, seed: int) -> np.ndarray:
+    """The power iteration's start vector (read-only)."""
+    out = np.random.default_rng(seed).standard_normal(size)
+    out /= np.linalg.norm(out) if size else 1.0
+    out.setflags(write=False)
+    return out
 
 
 def shift_for(norm: float) -> float:
