@@ -227,18 +227,26 @@ class SchurLU:
     ) -> None:
         self.fixed = fixed
         R = _gram_factor(J, fixed.mz, fixed.mv)
-        if R is not None:  # J_V = R Rᵀ (PSD rows only)
-            GR = fixed.G @ R
-            GR -= R
-            S = GR @ R.T
-            S[np.diag_indices_from(S)] += 1.0
-            self._R: np.ndarray | None = R
-            self.J_V = None
+        self._R: np.ndarray | None = None
+        self._M: np.ndarray | None = None
+        if R is not None and R.shape[1]:
+            # J_V = R Rᵀ (PSD rows only): S = I + M Rᵀ with M = (G − I)R, solved by
+            # Woodbury through C = I_r + RᵀM (det S = det C, so S is singular exactly
+            # when C is): 2·mv·r² + r³ flops instead of 2·mv²·r + mv³ (sdp/medium,
+            # mv = 465, r = 234: 6.5 → 3.5 ms per point, residuals alike, cond S 3.5 and
+            # cond C 3.2 there). The solves refine against U itself.
+            M = fixed.G @ R
+            M -= R
+            C = R.T @ M
+            C[np.diag_indices_from(C)] += 1.0
+            self._R, self._M, self.J_V = R, M, None
+            factor = C
         else:
-            self._R = None
-            self.J_V = _dense_rows(J, fixed.mz, fixed.mv)
-            S = np.eye(fixed.mv) - self.J_V + fixed.G @ self.J_V
-        self._S = sla.lu_factor(S, check_finite=False)
+            self.J_V = (
+                _dense_rows(J, fixed.mz, fixed.mv) if R is None else np.zeros((fixed.mv,) * 2)
+            )
+            factor = np.eye(fixed.mv) - self.J_V + fixed.G @ self.J_V
+        self._S = sla.lu_factor(factor, check_finite=False)  # of C or of S
         self._apply, self._assemble = apply, assemble
         self._exact: NullSpaceLU | None = None
         pivots = np.concatenate([fixed.pivots, np.abs(np.diagonal(self._S[0]))])
@@ -256,7 +264,14 @@ class SchurLU:
         return self.fixed.eliminate(rhs, transpose, self._solve_S, self._apply_J_V)
 
     def _solve_S(self, rhs: np.ndarray, transpose: bool) -> np.ndarray:
-        return sla.lu_solve(self._S, rhs, trans=1 if transpose else 0, check_finite=False)
+        trans = 1 if transpose else 0
+        if self._M is None:
+            return sla.lu_solve(self._S, rhs, trans=trans, check_finite=False)
+        R, M = self._R, self._M
+        if not transpose:  # S⁻¹b = b − M C⁻¹ Rᵀ b
+            return rhs - M @ sla.lu_solve(self._S, R.T @ rhs, check_finite=False)
+        # Sᵀ = I + R Mᵀ: S⁻ᵀb = b − R C⁻ᵀ Mᵀ b
+        return rhs - R @ sla.lu_solve(self._S, M.T @ rhs, trans=1, check_finite=False)
 
     def _apply_J_V(self, w: np.ndarray) -> np.ndarray:
         if self._R is not None:
