@@ -414,6 +414,8 @@ class ResidualJacobian:
     def _matrix(self) -> sp.csc_matrix | np.ndarray:
         """U assembled (dense for small U), once."""
         if self._assembled is None:
+            if isinstance(self._lu, NullSpaceLU):
+                return self._lu.U  # the LU holds U (a batch's, or a factorization's)
             small = self.size <= DENSE_MAX_SIZE
             self._assembled = self.todense() if small else self.tosparse()
         return self._assembled
