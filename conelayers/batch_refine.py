@@ -21,7 +21,6 @@ is factorized there.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import lru_cache
 
 import numpy as np
 import scipy.linalg as sla
@@ -34,7 +33,7 @@ from conelayers.cones.product import BlockDiagonalJacobian
 from conelayers.cones.psd import dense_psd_blocks
 from conelayers.cones.soc import dense_group_blocks
 from conelayers.cones.zero import IdentityJacobian
-from conelayers.linsolve import NullSpaceLU, shift_for
+from conelayers.linsolve import NullSpaceLU, power_start, shift_for
 from conelayers.residual import (
     DENSE_MAX_SIZE,
     KINK_RTOL,
@@ -225,14 +224,6 @@ class _Batch:
         return U
 
 
-@lru_cache(maxsize=8)
-def _start(size: int) -> np.ndarray:
-    """The power iteration's start (``linsolve.estimate_norm``'s)."""
-    out = np.random.default_rng(0).standard_normal(size)
-    out.setflags(write=False)
-    return out
-
-
 class _Factors:
     """LU of U + δI for a stack of U (δ from a ‖U‖ estimate, as ``NullSpaceLU``), with
     solves refined against U itself."""
@@ -241,7 +232,7 @@ class _Factors:
         self.U = U
         size = U.shape[1]
         # σ_max(U) by power iteration on UᵀU (as linsolve.estimate_norm).
-        x = np.broadcast_to(_start(size), U.shape[:2])
+        x = np.broadcast_to(power_start(size), U.shape[:2])
         sigma = np.zeros(U.shape[0])
         for _ in range(NORM_ITERATIONS):
             x = x / np.maximum(np.sqrt(np.einsum("bi,bi->b", x, x)), 1e-300)[:, None]

@@ -46,7 +46,7 @@ def _orthonormal(Y: np.ndarray) -> np.ndarray:
 def estimate_norm(U: sp.spmatrix | np.ndarray, iterations: int = 8, seed: int = 0) -> float:
     """σ_max(U) by power iteration on UᵀU (a few products; for a small dense U, with
     UᵀU formed once), from a start fixed by ``seed`` and the size."""
-    x = _power_start(U.shape[1], seed)
+    x = power_start(U.shape[1], seed)
     if isinstance(U, np.ndarray) and U.shape[0] <= 200:
         gram = U.T @ U
         for _ in range(iterations - 1):
@@ -68,8 +68,8 @@ def estimate_norm(U: sp.spmatrix | np.ndarray, iterations: int = 8, seed: int = 
 
 
 @lru_cache(maxsize=32)
-def _power_start(size: int, seed: int) -> np.ndarray:
-    """The power iteration's start vector (read-only)."""
+def power_start(size: int, seed: int = 0) -> np.ndarray:
+    """The power iteration's start vector, of unit norm (read-only, kept per size)."""
     out = np.random.default_rng(seed).standard_normal(size)
     out /= np.linalg.norm(out) if size else 1.0
     out.setflags(write=False)
