@@ -585,8 +585,8 @@ class LayerCore:
                 return refine_solution(residual, sol, settings, selection)
             return residual.z_from_solution(sol.x, sol.y, sol.s), None
 
-        # Small polyhedral programs: the whole batch refined at once (batch_refine);
-        # what that leaves goes instance by instance. Refinement is mostly
+        # Small programs without exponential cones: the whole batch refined at once
+        # (batch_refine); what that leaves goes instance by instance. Refinement is mostly
         # factorizations and products that release the GIL (SuperLU, LAPACK, SciPy
         # sparse), so threads over the batch run in parallel.
         at_once = (
