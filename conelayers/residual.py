@@ -334,10 +334,14 @@ class ResidualJacobian:
 
     # -- solves -----------------------------------------------------------------------
     def regular_dense_lu(self) -> NullSpaceLU | None:
-        """U's own dense LU if it is held and has no tiny pivot (a solve with it is then
-        the whole direct solve), else None."""
+        """U's own dense LU if it is held, has no tiny pivot and, if the checks analyzed
+        it, no numerical null space (a solve with it is then the whole direct solve, as
+        in ``NullSpaceLU.solve``), else None."""
         lu = self._lu
-        if isinstance(lu, NullSpaceLU) and lu.dense and lu.tiny_pivots == 0:
+        if (
+            isinstance(lu, NullSpaceLU) and lu.dense and lu.tiny_pivots == 0
+            and (not lu.analyzed or lu.nullity == 0)
+        ):
             return lu
         return None
 
