@@ -162,11 +162,7 @@ class _Batch:
         (ATy, Pu, Au, s) that ``ResidualMap.row_scales`` weighs."""
         n = self.n
         u, v = Z[:, :n], Z[:, n:]
-        y = v.copy()
-        y[:, self.nonneg] = np.maximum(v[:, self.nonneg], 0.0)
-        for kind in self.curved:
-            sl = self.cone.slices[kind]
-            y[:, sl] = self.cone.blocks[kind].project_dual_stack(v[:, sl])
+        y = self.project(v)
         ATy = self._AT(y, idx)
         top = ATy + self.c[idx]
         Pu = None
@@ -176,6 +172,15 @@ class _Batch:
         Au = self._A(u, idx)
         s = y - v
         return np.concatenate([top, self.b[idx] - Au - s], axis=1), (ATy, Pu, Au, s)
+
+    def project(self, V: np.ndarray) -> np.ndarray:
+        """Π_{K*} of each row of V."""
+        Y = V.copy()
+        Y[:, self.nonneg] = np.maximum(V[:, self.nonneg], 0.0)
+        for kind in self.curved:
+            sl = self.cone.slices[kind]
+            Y[:, sl] = self.cone.blocks[kind].project_dual_stack(V[:, sl])
+        return Y
 
     def relative(self, N: np.ndarray, terms: tuple, idx: np.ndarray) -> np.ndarray:
         """``residual.relative_residual`` per row of a stack."""
@@ -325,12 +330,14 @@ def refine_batch(
     ]
     new_factors = _Factors(batch.assemble(final.take(fresh), idx[fresh])) if fresh else None
     where = {j: (new_factors, r) for r, j in enumerate(fresh)}
+    Y = batch.project(Z[idx, batch.n :])
     out = {}
     for j, k in enumerate(idx):
         factors, row = where[j] if j in where else (last[int(k)][2], last[int(k)][1])
         residual = residuals[instances[k]]
         z = Z[k]
-        residual.remember(z, N[k], tuple(t[k] if t is not None else None for t in terms))
+        residual.remember(z, N[k], tuple(t[k] if t is not None else None for t in terms),
+                          Y[j])
         jac = ResidualJacobian(
             residual.program, final.element(j), residual.ops,
             factorization=factors.factorization(row),

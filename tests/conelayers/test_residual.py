@@ -217,3 +217,32 @@ def test_polish_goes_to_1e_9_only_when_newton_fails_from_1e_6(monkeypatch, newto
     assert relative_residual(residual, z) <= ACCURACY_RTOL
     x = core.program.recoveries[0].apply(residual.solution_from_z(z)[0])
     np.testing.assert_allclose(x, 2 * p / np.linalg.norm(p), atol=1e-9)
+
+
+def test_solution_from_z_reuses_the_last_projection_without_aliasing(socp):
+    """After N(z) is evaluated, (x, y, s) at z come from its projection (no second one),
+    equal to a fresh computation, and mutating them does not reach the kept copy."""
+    core, residual, _, z = socp
+    residual(z)
+    calls = []
+    original = residual.cone.project_dual
+
+    def counting(v):
+        calls.append(1)
+        return original(v)
+
+    residual.cone.project_dual = counting
+    try:
+        x, y, s = residual.solution_from_z(z)
+        assert not calls
+        y_ref = original(z[residual.n :])
+        np.testing.assert_array_equal(y, y_ref)
+        np.testing.assert_array_equal(s, y_ref - z[residual.n :])
+        np.testing.assert_array_equal(x, z[: residual.n])
+        y[:] = np.nan
+        _, y_again, _ = residual.solution_from_z(z)
+        np.testing.assert_array_equal(y_again, y_ref)
+        residual.solution_from_z(z + 1e-3)  # another point: projected afresh
+        assert calls
+    finally:
+        del residual.cone.project_dual
