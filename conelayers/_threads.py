@@ -58,18 +58,12 @@ def single_threaded_blas() -> Iterator[None]:
                         lib.set_num_threads(threads)
 
 
+@lru_cache(maxsize=1)
 def _blas_libraries() -> list:
-    """threadpoolctl's controllers of the BLAS libraries loaded so far (looked up again
-    only when the process has loaded new libraries: each call of the core enters and
-    leaves ``single_threaded_blas``, and a fresh lookup costs more than a small solve)."""
-    global _libraries
-    ctrl = _controller()
-    if _libraries is None or _libraries[0] is not ctrl:
-        _libraries = (ctrl, ctrl.select(user_api="blas").lib_controllers)
-    return _libraries[1]
-
-
-_libraries: tuple | None = None
+    """threadpoolctl's controllers of the BLAS libraries that ``_controller`` found (it
+    is made once, at the core's first call), selected once: each call of the core enters
+    and leaves ``single_threaded_blas``, and a selection costs more than a small solve."""
+    return _controller().select(user_api="blas").lib_controllers
 
 
 @lru_cache(maxsize=1)

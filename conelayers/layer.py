@@ -728,7 +728,8 @@ class LayerCore:
                     and result.derivative(k).U.regular_dense_lu() is not None]
         if len(together) < 2:
             together = []
-        alone = [k for k in live if k not in set(together)]
+        batched = set(together)
+        alone = [k for k in live if k not in batched]
         parts = map_batch(lambda i: cotangent(alone[i]), len(alone), result.n_jobs)
         columns = [
             [None if part[j] is None else part[j][:, None] for part in parts]

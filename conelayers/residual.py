@@ -17,14 +17,13 @@ singular at every solution (DESIGN.md §2).
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
+from conelayers._identity_cache import IdentityCache
 from conelayers.cones import ConeJacobian, ProductCone, Selection
 from conelayers.linsolve import (
     FactorizationHints,
@@ -108,33 +107,20 @@ class _Blocks:
         self.left.sort_indices()
         rows = A.tocsr()
         rows.sort_indices()
-        self.indptr, self.indices, self.data = rows.indptr, rows.indices, rows.data
+        self.indices, self.data = rows.indices, rows.data
         self.row_len = np.diff(rows.indptr)
         self.entry_row = np.repeat(np.arange(m), self.row_len)
         self.offset = np.arange(rows.nnz) - rows.indptr[self.entry_row]
 
 
-_BLOCKS_CACHE_SIZE = 8
-_blocks_cache: OrderedDict[tuple[int, int], tuple[object, object, _Blocks]] = OrderedDict()
-_blocks_lock = threading.Lock()
+_blocks_cache: IdentityCache[_Blocks] = IdentityCache()
 
 
 def _blocks(program: ConeProgram) -> _Blocks:
     """``_Blocks`` of the program's (A, P), kept for the last few pairs of objects: a layer
     with fixed A and P assembles every instance's U from one."""
     A, P = program.A, program.P
-    key = (id(A), id(P))
-    with _blocks_lock:
-        hit = _blocks_cache.get(key)
-        if hit is not None and hit[0] is A and hit[1] is P:
-            _blocks_cache.move_to_end(key)
-            return hit[2]
-    blocks = _Blocks(A, P)
-    with _blocks_lock:
-        _blocks_cache[key] = (A, P, blocks)  # A, P kept alive: their ids stay theirs
-        while len(_blocks_cache) > _BLOCKS_CACHE_SIZE:
-            _blocks_cache.popitem(last=False)
-    return blocks
+    return _blocks_cache.get((A, P), lambda: _Blocks(A, P))
 
 
 def assemble_diagonal(program: ConeProgram, q: np.ndarray) -> sp.csc_matrix:

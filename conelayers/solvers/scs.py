@@ -14,6 +14,7 @@ import scipy.sparse as sp
 import scs
 
 from canonicalize.cones import ConeDims
+from conelayers._identity_cache import IdentityCache
 from conelayers._threads import batch_workers, run_all
 from conelayers.exceptions import SettingsError
 
@@ -131,9 +132,7 @@ def normalize_settings(solver_args: dict | None) -> dict:
     return settings
 
 
-_UPPER_CACHE_SIZE = 8
-_upper_cache: OrderedDict[int, tuple[sp.csc_matrix, sp.csc_matrix]] = OrderedDict()
-_upper_lock = threading.Lock()
+_upper_triangles: IdentityCache[sp.csc_matrix] = IdentityCache()
 
 
 def _upper(P: sp.csc_matrix) -> sp.csc_matrix:
@@ -141,17 +140,7 @@ def _upper(P: sp.csc_matrix) -> sp.csc_matrix:
     fixed P is the same object for every instance, and forming the triangle was most
     of a new workspace's Python-side cost on small programs (0.2 of 0.26 ms, lasso/small,
     where fresh workspaces replace drifted ones)."""
-    with _upper_lock:
-        hit = _upper_cache.get(id(P))
-        if hit is not None and hit[0] is P:
-            _upper_cache.move_to_end(id(P))
-            return hit[1]
-    upper = sp.triu(P, format="csc")
-    with _upper_lock:
-        _upper_cache[id(P)] = (P, upper)  # P kept alive with its entry: its id stays its own
-        while len(_upper_cache) > _UPPER_CACHE_SIZE:
-            _upper_cache.popitem(last=False)
-    return upper
+    return _upper_triangles.get((P,), lambda: sp.triu(P, format="csc"))
 
 
 def _workspace(program: ConeProgram, settings: dict) -> scs.SCS:
