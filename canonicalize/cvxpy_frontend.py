@@ -21,6 +21,7 @@ from cvxpy.reductions.cvx_attr2constr import batched_upper_tri_to_full
 
 from canonicalize.cones import ConeDims
 from canonicalize.errors import CanonicalizationError
+from canonicalize.presolve import fix_bounded_epigraphs
 from canonicalize.program import (
     ConstraintRows,
     ParameterSlot,
@@ -335,21 +336,22 @@ def compile_problem(
     parameters: Sequence[cp.Parameter],
     variables: Sequence[cp.Variable],
     gp: bool = False,
+    presolve: bool = True,
 ) -> ParametricConeProgram:
     """Compile ``problem`` (see ``_compile``), reusing an earlier compilation of the same
-    problem object with the same parameters, variables and ``gp`` when the problem's
-    objective and constraint list are unchanged (programs are immutable, so sharing them
-    between layers is safe)."""
+    problem object with the same arguments when the problem's objective and constraint
+    list are unchanged (programs are immutable, so sharing them between layers is
+    safe)."""
     try:
-        key = (tuple(p.id for p in parameters), tuple(v.id for v in variables), gp)
+        key = (tuple(p.id for p in parameters), tuple(v.id for v in variables), gp, presolve)
     except (TypeError, AttributeError):  # let _compile produce the error message
-        return _compile(problem, parameters, variables, gp)
+        return _compile(problem, parameters, variables, gp, presolve)
     if isinstance(problem, cp.Problem):
         with _CACHE_LOCK:
             cached = _CACHE.get(problem, {}).get(key)
         if cached is not None and cached[0] == _fingerprint(problem):
             return cached[1]
-    program = _compile(problem, parameters, variables, gp)
+    program = _compile(problem, parameters, variables, gp, presolve)
     with _CACHE_LOCK:
         _CACHE.setdefault(problem, {})[key] = (_fingerprint(problem), program)
     return program
@@ -360,8 +362,13 @@ def _compile(
     parameters: Sequence[cp.Parameter],
     variables: Sequence[cp.Variable],
     gp: bool = False,
+    presolve: bool = True,
 ) -> ParametricConeProgram:
     """Compile ``problem`` into a ParametricConeProgram whose θ lists ``parameters``.
+
+    With ``presolve`` (the default), epigraph variables of bounds such as
+    ``norm(·) <= r`` are fixed at the bound where that leaves the optimal x unchanged
+    (``canonicalize.presolve``): fewer variables, and no harmless null space of U.
 
     With ``gp=True`` the problem is log-log convex (DGP): CVXPY's Dgp2Dcp reduction
     works in logs, so positive parameters enter θ as log(value) and variables come out
@@ -471,7 +478,7 @@ def _compile(
                 "cone program"
             )
         recoveries.append(_dual_recovery(v, con, k, rows, m))
-    return ParametricConeProgram(
+    program = ParametricConeProgram(
         n=n,
         m=m,
         dims=dims,
@@ -485,3 +492,4 @@ def _compile(
         constraints=constraint_rows,
         objective_sign=-1.0 if isinstance(problem.objective, cp.Maximize) else 1.0,
     )
+    return fix_bounded_epigraphs(program)[0] if presolve else program

@@ -332,9 +332,12 @@ class LayerCore:
         gp: bool = False,
         solver_args: dict | None = None,
         checks: str = "fast",
+        presolve: bool = True,
     ) -> None:
+        """``presolve=False`` keeps CVXPY's cone program as it is (see
+        ``canonicalize.presolve`` for what the default removes)."""
         try:
-            program = compile_problem(problem, parameters, variables, gp=gp)
+            program = compile_problem(problem, parameters, variables, gp=gp, presolve=presolve)
         except CanonicalizationError as err:
             raise ProblemError(str(err)) from err
         self._setup(program, solver_args, checks)

@@ -369,53 +369,60 @@ def _run(solver: scs.SCS, **kwargs) -> tuple[ConeSolution, bool, float]:
     )
 
 
-def solve_sharing_matrices(
-    programs: list[ConeProgram], settings: dict, pool: WorkspacePool | None = None
-) -> list[ConeSolution]:
-    """Solve instances that share A and P (the same objects) with one SCS workspace:
-    after the first, each instance only updates b and c and starts cold, skipping
-    SCS's setup (scaling, factorization of its linear system) and the Python-side
-    construction. With a ``pool``, the workspace comes from it when one is idle and
-    goes back to it afterwards if its scale is still the initial one (see
-    ``WorkspacePool``).
+@dataclass(frozen=True)
+class _CallStart:
+    """What every share of one call starts from, read from the pool once before any
+    share runs: settings for new workspaces (with the remembered scale or not) and
+    whether drifted workspaces must be replaced. Threads that read the pool while
+    others update it would start from different scales, and the results of the same
+    call would differ in the last bits from run to run."""
 
-    Within a batch, a reused workspace keeps the step-size scale SCS adapted to the
-    previous instance, which can cost iterations; measured over the benchmark's batches
-    (serial, ms, shared vs fresh): lasso/medium 209 vs 592, socp/medium 430 vs 669,
-    sdp/medium 117 vs 299, projection_simplex/medium 396 vs 508, qp/small 2 vs 8, the
-    worst lp/medium 642 vs 588. Reuse is abandoned for the rest if an instance needs
-    more than ``REUSE_ITERATION_FACTOR`` times the workspace's first iterations; with a
-    pool, that also marks the key (``WorkspacePool.drift_hurts``), and from then on a
-    workspace whose scale moved is replaced by a fresh one for the next instance
-    (lp/medium/32, serial: 1600 iterations for the second instance instead of 450
-    fresh, in every call)."""
-    if not programs:
-        return []
-    key = pool.key(programs[0], settings) if pool is not None else None
+    settings: dict
+    from_memory: bool
+    drift_hurts: bool
+
+    @classmethod
+    def read(cls, pool: WorkspacePool | None, key: tuple | None, settings: dict) -> _CallStart:
+        if key is None:
+            return cls(settings, False, False)
+        start, from_memory = pool.start_settings(key, settings)
+        return cls(start, from_memory, pool.drift_hurts(key))
+
+
+@dataclass
+class _ShareOutcome:
+    """One share's solutions and what the pool learns from them (applied by
+    ``_learn``, in batch order)."""
+
+    solutions: list[ConeSolution]
+    final_scale: float = np.nan
+    started_from_memory: bool = False
+    drift_hurts: bool = False
+    drop_memory: bool = False
+    keep: _Workspace | None = None
+
+
+def _solve_share(
+    programs: list[ConeProgram], settings: dict, pool: WorkspacePool | None,
+    key: tuple | None, start: _CallStart,
+) -> _ShareOutcome:
+    """One thread's share of ``solve_sharing_matrices``: reads nothing from the pool but
+    an idle workspace (all idle ones are alike: never drifted, and SCS cold-starts)."""
     work = pool.take(key) if key is not None else None
-    drift_hurts = key is not None and pool.drift_hurts(key)
-    out = []
-    started_from_memory = False
+    outcome = _ShareOutcome([], drift_hurts=start.drift_hurts)
     for program in programs:
         if work is None:
-            start, from_memory = (
-                pool.start_settings(key, settings) if key is not None else (settings, False)
-            )
-            started_from_memory = started_from_memory or (from_memory and not out)
-            solver = _workspace(program, start)
-            sol, unchanged, scale = _run(solver)
-            if key is not None:
-                pool.record_scale(key, scale)
+            outcome.started_from_memory |= start.from_memory and not outcome.solutions
+            solver = _workspace(program, start.settings)
+            sol, unchanged, outcome.final_scale = _run(solver)
             work = _Workspace(
-                solver, program.A, program.P, sol.iterations, unchanged, from_memory
+                solver, program.A, program.P, sol.iterations, unchanged, start.from_memory
             )
-        elif work is False:  # reuse abandoned for this batch
+        elif work is False:  # reuse abandoned for this share
             sol = solve(program, settings)
         else:
             work.solver.update(b=program.b, c=program.c)
-            sol, unchanged, scale = _run(work.solver, warm_start=False)
-            if key is not None:
-                pool.record_scale(key, scale)
+            sol, unchanged, outcome.final_scale = _run(work.solver, warm_start=False)
             drifted = not work.initial_scale
             work.initial_scale = work.initial_scale and unchanged
             yardstick = max(work.first_iterations, 25)
@@ -430,19 +437,76 @@ def solve_sharing_matrices(
                     # The remembered scale is what misled: drop it, not reuse itself
                     # (socp/medium/32: otherwise every later instance got a fresh
                     # workspace, 32 setups per call, 250 → 410 ms).
-                    pool.drop_scale_memory(key)
+                    outcome.drop_memory = True
                 elif drifted and key is not None:
-                    pool.note_drift_hurts(key)  # later calls: fresh after a drift
-                    drift_hurts = True
+                    outcome.drift_hurts = True  # here and in later calls: fresh after a drift
                 work = False
-        if work and drift_hurts and not work.initial_scale:
+        if work and outcome.drift_hurts and not work.initial_scale:
             work = None  # its scale moved and that has cost iterations here before
-        out.append(sol)
-    if key is not None:
-        pool.judge_scale(key, started_from_memory, float(np.mean([o.iterations for o in out])))
-        if work and work.initial_scale:
-            pool.give(key, work)
-    return out
+        outcome.solutions.append(sol)
+    if work and work.initial_scale:
+        outcome.keep = work
+    return outcome
+
+
+def _learn(pool: WorkspacePool | None, key: tuple | None, outcomes: list[_ShareOutcome]) -> None:
+    """What the shares of one call teach the pool, applied in batch order after all of
+    them ran, so that the next call starts from the same state every time."""
+    if key is None:
+        return
+    for out in outcomes:
+        if out.drop_memory:
+            pool.drop_scale_memory(key)
+        if out.drift_hurts:
+            pool.note_drift_hurts(key)
+        pool.record_scale(key, out.final_scale)
+        pool.judge_scale(
+            key, out.started_from_memory,
+            float(np.mean([o.iterations for o in out.solutions])),
+        )
+        if out.keep is not None:
+            pool.give(key, out.keep)
+
+
+def solve_sharing_matrices(
+    programs: list[ConeProgram], settings: dict, pool: WorkspacePool | None = None,
+    shares: int = 1,
+) -> list[ConeSolution]:
+    """Solve instances that share A and P (the same objects) with one SCS workspace per
+    share (``shares`` consecutive parts, run on as many threads): after the first, each
+    instance only updates b and c and starts cold, skipping SCS's setup (scaling,
+    factorization of its linear system) and the Python-side construction. With a
+    ``pool``, a share's workspace comes from it when one is idle and goes back to it
+    afterwards if its scale is still the initial one (see ``WorkspacePool``).
+
+    Within a share, a reused workspace keeps the step-size scale SCS adapted to the
+    previous instance, which can cost iterations; measured over the benchmark's batches
+    (serial, ms, shared vs fresh): lasso/medium 209 vs 592, socp/medium 430 vs 669,
+    sdp/medium 117 vs 299, projection_simplex/medium 396 vs 508, qp/small 2 vs 8, the
+    worst lp/medium 642 vs 588. Reuse is abandoned for the rest if an instance needs
+    more than ``REUSE_ITERATION_FACTOR`` times the workspace's first iterations; with a
+    pool, that also marks the key (``WorkspacePool.drift_hurts``), and from then on a
+    workspace whose scale moved is replaced by a fresh one for the next instance
+    (lp/medium/32, serial: 1600 iterations for the second instance instead of 450
+    fresh, in every call).
+
+    Every share starts from the pool's state before the call and the pool learns from
+    the call in batch order afterwards (``_CallStart``, ``_learn``): the same call gives
+    the same bits whatever the threads' timing."""
+    if not programs:
+        return []
+    key = pool.key(programs[0], settings) if pool is not None else None
+    start = _CallStart.read(pool, key, settings)
+    parts = [list(c) for c in np.array_split(np.arange(len(programs)), shares) if c.size]
+    if len(parts) == 1:
+        outcomes = [_solve_share(programs, settings, pool, key, start)]
+    else:
+        outcomes = run_all(
+            lambda idx: _solve_share([programs[i] for i in idx], settings, pool, key, start),
+            parts, len(parts),
+        )
+    _learn(pool, key, outcomes)
+    return [sol for out in outcomes for sol in out.solutions]
 
 
 def _share_matrices(programs: list[ConeProgram]) -> bool:
@@ -467,14 +531,7 @@ def solve_batch(
     if pool is not None or (len(programs) > 1 and _share_matrices(programs)):
         if not _share_matrices(programs):
             raise ValueError("a workspace pool serves only instances sharing A and P")
-        chunks = [list(c) for c in np.array_split(np.arange(len(programs)), jobs)]
-        if jobs == 1:
-            return solve_sharing_matrices(programs, settings, pool)
-        parts = run_all(
-            lambda idx: solve_sharing_matrices([programs[i] for i in idx], settings, pool),
-            chunks, jobs,
-        )
-        return [sol for part in parts for sol in part]
+        return solve_sharing_matrices(programs, settings, pool, shares=jobs)
     if jobs == 1:
         return [solve(p, settings) for p in programs]
     return run_all(lambda p: solve(p, settings), programs, jobs)

@@ -130,11 +130,13 @@ def test_nondegenerate_lp_vertex_is_silent():
 
 # -- projection onto a ball: auxiliary non-uniqueness is harmless ---------------------------
 
-def _ball():
+def _ball(presolve: bool = False):
+    """Projection onto the ball ‖x‖ ≤ 2; by default CVXPY's program as is, whose
+    epigraph variable of ‖x‖ the presolve would fix."""
     p = cp.Parameter(5, name="p")
     x = cp.Variable(5, name="x")
     prob = cp.Problem(cp.Minimize(cp.sum_squares(x - p)), [cp.norm(x) <= 2])
-    return LayerCore(prob, [p], [x])
+    return LayerCore(prob, [p], [x], presolve=presolve)
 
 
 def test_ball_interior_point_is_silent():

@@ -328,3 +328,39 @@ def test_a_fast_start_from_memory_is_not_held_to_its_own_first_count(monkeypatch
     assert [s.iterations for s in second] == [25, 150, 25]
     assert len(seen) == 2 and seen[1]["scale"] == 5.0  # one workspace, reused
     assert pool.start_settings(key, TIGHT)[1]  # the memory is still in use
+
+
+def _ball_constrained_programs(rng, count: int, n: int = 10, K: int = 5, k: int = 5):
+    """min cᵀx s.t. ‖A_i x + b_i‖ ≤ 1 (i < K), SOC heads fixed at 1 (the benchmark's
+    socp once presolved), ``count`` instances sharing A; SCS moves its scale on them."""
+    blocks, b = [], []
+    for _ in range(K):
+        Ai = rng.standard_normal((k, n)) / np.sqrt(n)
+        blocks += [sp.csr_matrix((1, n)), sp.csr_matrix(-Ai)]
+        b.append(np.r_[1.0, 0.3 * rng.standard_normal(k) / np.sqrt(k)])
+    A, b = sp.vstack(blocks, format="csc"), np.concatenate(b)
+    dims = ConeDims(soc=(k + 1,) * K)
+    return [ConeProgram(A, b.copy(), rng.standard_normal(n), dims) for _ in range(count)]
+
+
+def test_threaded_calls_give_the_same_bits_every_time():
+    """Two threads share a batch, and the second call starts new workspaces from the
+    scale the first ended at. Every share reads the pool before any runs and the pool
+    learns in batch order, so repeating the calls on a new pool repeats the bits (when
+    threads read a scale other threads were writing, 1 run in 3 differed in the last
+    bits, on a socp batch of 2)."""
+    rng = np.random.default_rng(0)
+    programs = _ball_constrained_programs(rng, 4)
+    settings = dict(TIGHT)
+    assert _fresh_scale_updates(programs[0], settings) > 0  # the scale moves: memory used
+
+    def two_calls():
+        pool = scs_mod.WorkspacePool()
+        first = solve_batch(programs, settings, n_jobs=2, pool=pool)
+        assert pool.start_settings(pool.key(programs[0], settings), settings)[1]
+        second = solve_batch(programs, settings, n_jobs=2, pool=pool)
+        return np.concatenate([np.concatenate([s.x, s.y]) for s in first + second])
+
+    reference = two_calls()
+    for _ in range(8):
+        np.testing.assert_array_equal(two_calls(), reference)
