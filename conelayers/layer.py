@@ -21,7 +21,8 @@ import canonicalize
 import conelayers
 from canonicalize import CanonicalizationError, ParametricConeProgram, compile_problem
 from conelayers._threads import map_batch, single_threaded_blas
-from conelayers.batch_refine import refine_batch
+from conelayers.batch_refine import MIN_BATCH, refine_batch
+from conelayers.batch_refine import applies as batch_refine_applies
 from conelayers.checks import (
     CHECK_LEVELS,
     CheckReport,
@@ -562,21 +563,35 @@ class LayerCore:
             values, mark_nonfinite=on_failure == "nan"
         )
         programs = self.instances(theta)
+        refine = own.get("refine", True)
+        selection: Selection = own.get("selection", "lower")
+        residuals = [ResidualMap(p, self.cone, self.factor_hints) for p in programs]
+        todo = [k for k in range(len(programs)) if k not in nonfinite]
+        # Small programs without exponential cones are refined as a whole batch once
+        # solved (batch_refine). Any other instance is refined in the thread that solved
+        # it, as soon as it is solved: its refinement (Python, and SuperLU, which holds
+        # the GIL) then overlaps the SCS solves still running in the other threads
+        # instead of following all of them.
+        at_once = refine and len(todo) >= MIN_BATCH and batch_refine_applies(residuals)
+        early: dict[int, tuple[np.ndarray, ResidualJacobian | None]] = {}
+
+        def refine_when_solved(i: int, sol: ConeSolution) -> None:
+            if sol.has_solution:
+                k = todo[i]
+                early[k] = refine_solution(residuals[k], sol, settings, selection)
+
         # Fixed A and P: SCS workspaces (setup and factorization) are kept across calls.
         pool = self.scs_workspaces if self.constant == (True, True) else None
-        todo = [k for k in range(len(programs)) if k not in nonfinite]
-        solved = solve_batch([programs[k] for k in todo], settings,
-                             n_jobs=own.get("n_jobs"), pool=pool)
+        solved = solve_batch(
+            [programs[k] for k in todo], settings, n_jobs=own.get("n_jobs"), pool=pool,
+            on_solved=refine_when_solved if refine and not at_once else None,
+        )
         solutions = [_not_solved(p, NONFINITE_STATUS) for p in programs]
         for k, sol in zip(todo, solved):
             solutions[k] = sol
         failed = self._handle_failures(
             solutions, on_failure, int(settings.get("max_iters", 100_000))
         )
-
-        refine = own.get("refine", True)
-        selection: Selection = own.get("selection", "lower")
-        residuals = [ResidualMap(p, self.cone, self.factor_hints) for p in programs]
 
         def settle(k: int) -> tuple[np.ndarray, ResidualJacobian | None]:
             """The point z of instance k (refined unless asked not to) and the factorized
@@ -588,18 +603,15 @@ class LayerCore:
                 return refine_solution(residual, sol, settings, selection)
             return residual.z_from_solution(sol.x, sol.y, sol.s), None
 
-        # Small programs without exponential cones: the whole batch refined at once
-        # (batch_refine); what that leaves goes instance by instance. Refinement is mostly
-        # factorizations and products that release the GIL (SuperLU, LAPACK, SciPy
-        # sparse), so threads over the batch run in parallel.
-        at_once = (
+        settled_now = (
             refine_batch(residuals, solutions,
                          [k for k in range(len(programs)) if k not in failed], selection)
-            if refine else {}
+            if at_once else {}
         )
-        rest = [k for k in range(len(programs)) if k not in at_once]
+        settled_now.update({k: v for k, v in early.items() if k not in failed})
+        rest = [k for k in range(len(programs)) if k not in settled_now]
         settled_rest = map_batch(lambda i: settle(rest[i]), len(rest), own.get("n_jobs"))
-        settled = [at_once.get(k) for k in range(len(programs))]
+        settled = [settled_now.get(k) for k in range(len(programs))]
         for k, item in zip(rest, settled_rest):
             settled[k] = item
         xs, ys, points, jacobians = [], [], [], []

@@ -202,9 +202,10 @@ class _SparseLU:
 
     def __init__(
         self, U: sp.csc_matrix, shift: float | Callable[[], float],
-        hints: FactorizationHints | None = None,
+        hints: FactorizationHints | None = None, singular: bool = False,
     ) -> None:
-        """``shift``: δ, or a function giving it (called only if a shift is needed)."""
+        """``shift``: δ, or a function giving it (called only if a shift is needed);
+        ``singular``: U is known to be singular, so factor U + δI at once."""
         hints = hints if hints is not None else FactorizationHints()
 
         def shifted() -> sp.csc_matrix:
@@ -214,8 +215,10 @@ class _SparseLU:
         # U's own pattern first: adding δI puts entries on every structurally zero
         # diagonal position, which can order far worse (lasso/medium: 4.8 ms unshifted
         # vs 50 ms shifted). An exactly singular U (harmless auxiliary non-uniqueness is
-        # common) makes SuperLU raise; then factor U + δI.
-        if hints.shift_first:
+        # common) makes SuperLU raise; then factor U + δI. (Before it raises, SuperLU's
+        # BLAS calls on the zero pivot's supernode print "On entry to DTRSV parameter
+        # number 6 had an illegal value" to stderr: U known to be singular skips it.)
+        if singular or hints.shift_first:
             self._lu = _splu(shifted(), hints)
         else:
             try:
@@ -263,9 +266,12 @@ class NullSpaceLU:
         self, U: sp.spmatrix | np.ndarray, rtol: float = SINGULAR_RTOL, block: int = 4,
         seed: int = 0, hints: FactorizationHints | None = None,
         dense_factors: tuple[float, tuple[np.ndarray, np.ndarray]] | None = None,
+        singular: bool = False,
     ) -> None:
         """``dense_factors``: (‖U‖ estimate, LAPACK LU of U + shift_for(‖U‖)·I) computed
-        already (a whole batch factorized at once, ``conelayers.batch_refine``)."""
+        already (a whole batch factorized at once, ``conelayers.batch_refine``).
+        ``singular``: U is known to be singular (structurally): the sparse LU factors
+        U + δI straight away."""
         self.dense = isinstance(U, np.ndarray)
         U = np.asarray(U, dtype=np.float64) if self.dense else sp.csc_matrix(U)
         self.U = U
@@ -280,7 +286,7 @@ class NullSpaceLU:
         else:
             # The norm only matters if U must be shifted or its null space is analyzed:
             # estimated then (8 pairs of sparse products: 1.1 of 7 ms on qp/medium).
-            self._lu = _SparseLU(U, lambda: self.shift, hints)
+            self._lu = _SparseLU(U, lambda: self.shift, hints, singular)
         # Tiny pivots of the LU estimate the nullity, so one block usually suffices.
         pivots = self._lu.pivots
         self.tiny_pivots = int(

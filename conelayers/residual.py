@@ -405,6 +405,20 @@ class ResidualJacobian:
         self._coupled = (visible, *out)
         return out
 
+    def structurally_singular(self) -> bool:
+        """Whether U is singular for its pattern alone, read off a diagonal J (zero and
+        nonnegative cones) in O(m): a row i with J_ii = 1 is [−A_i, 0], so more such rows
+        than the n columns of u leave one unmatched; and without P the first n rows
+        [0, AᵀJ] reach only the columns with J_ii ≠ 0, so fewer of those than n leave
+        one unmatched. (On an LP, a single constraint too many or too few read as active
+        makes U singular this way; a Newton step from a rough point meets it often.)"""
+        d = self.J.diagonal()
+        if d is None:
+            return False
+        if np.count_nonzero(d == 1.0) > self.n:
+            return True
+        return self.program.P is None and np.count_nonzero(d) < self.n
+
     def _apply(self, w: np.ndarray, transpose: bool) -> np.ndarray:
         return self.rmatvec(w) if transpose else self.matvec(w)
 
@@ -434,7 +448,7 @@ class ResidualJacobian:
         if self._lu is None:
             U = self._matrix()
             hints = None if isinstance(U, np.ndarray) else self.ops.hints
-            self._lu = NullSpaceLU(U, hints=hints)
+            self._lu = NullSpaceLU(U, hints=hints, singular=self.structurally_singular())
             self._assembled = None  # the LU holds it
         return self._lu
 
@@ -594,17 +608,17 @@ def newton_refine(
     """Semismooth Newton steps on N(z) = 0, z ← z − U⁻¹N(z) (least squares where U is
     singular), kept only while they decrease ‖N‖, until ‖N‖ ≤ tol·(1 + ‖b‖ + ‖c‖).
     Takes an SCS solution at its default tolerance to machine accuracy in a step or two
-    when the point is regular."""
+    when the point is regular. Where the steps stall on a singular piece of a
+    polyhedral cone (a wrong active set), a kink crossing (``_kink_crossing``) moves to
+    the next piece, up to MAX_KINK_CROSSINGS times."""
     best = np.asarray(z, dtype=np.float64).copy()
     r0 = float(np.linalg.norm(residual(best)))
     scale = 1.0 + float(np.linalg.norm(residual.program.b)) + float(
         np.linalg.norm(residual.program.c)
     )
-    best_norm, steps = r0, 0
+    best_norm, steps, crossings = r0, 0, 0
     jac = jac_point = None
-    for _ in range(max_steps):
-        if best_norm <= tol * scale:
-            break
+    while steps < max_steps and best_norm > tol * scale:
         r = residual(best)
         accepted = None
         if jac is not None and jac.factorized:
@@ -613,35 +627,112 @@ def newton_refine(
             # ‖I − U₀⁻¹U‖ ≪ 1 this close to the solution; a new Jacobian only if not.
             accepted = _plain_lu_step(residual, best, best_norm, r, jac)
         if accepted is None:
-            jac, jac_point, accepted = _newton_step(residual, best, best_norm, r, selection)
+            jac, jac_point, accepted = _newton_step(
+                residual, best, best_norm, r, selection, previous=jac
+            )
+        if accepted is None and crossings < MAX_KINK_CROSSINGS:
+            crossings += 1
+            crossed = _kink_crossing(residual, best, best_norm, jac, selection)
+            if crossed is not None:
+                jac, jac_point, accepted = crossed
+                steps -= 1  # a crossing has its own budget
         if accepted is None:
             break
         best, best_norm = accepted
         steps += 1
-    return best, RefinementInfo(steps, r0, best_norm, jac, jac_point)
+    return best, RefinementInfo(steps + crossings, r0, best_norm, jac, jac_point)
+
+
+MAX_KINK_CROSSINGS = 4
+"""Kink crossings one refinement may make (lp/medium, 32 draws: 7 stalled, on singular
+pieces of nullity 1 to 3; 6 of them reached rounding level after 1 to 3 crossings)."""
+
+
+def _kink_crossing(
+    residual: ResidualMap, z: np.ndarray, norm: float, jac: ResidualJacobian,
+    selection: Selection,
+) -> tuple[ResidualJacobian, np.ndarray, tuple[np.ndarray, float]] | None:
+    """A way out of a stall of Newton on a singular piece of the nonnegative orthant.
+
+    On an LP, one constraint too many read as active (its dual entry slightly positive
+    where the solution's is slightly negative) makes U singular, and the least-squares
+    step then ends where N's linear piece leaves a residual in the left null space: a
+    local minimum of ‖N‖ that no descent step leaves, so refinement fell back on a
+    second SCS solve. N is flat along a null direction d of U as long as the piece holds;
+    moving along ±d to the nearest sign change of a nonnegative-cone entry of v (a ratio
+    test, as in the simplex method) changes the piece without changing N, and Newton
+    from there is on the next piece. Tried for each null direction and sign, nearest
+    crossing first; kept only if it lowers ‖N‖ below the stall's. None when U is regular,
+    was not factorized with its null space, or no crossing helps."""
+    lu = jac.factorization() if jac is not None and jac.factorized else None
+    nonneg = residual.cone.slices.get("nonneg")
+    if not isinstance(lu, NullSpaceLU) or not lu.analyzed or lu.nullity == 0 or nonneg is None:
+        return None
+    rows = np.arange(residual.n + nonneg.start, residual.n + nonneg.stop)
+    v = z[rows]
+    margin = 2.0 * KINK_RTOL * (1.0 + float(np.abs(z).max(initial=0.0)))
+    candidates = []
+    for d in lu.right_null.T:
+        for sign in (1.0, -1.0):
+            dv = sign * d[rows]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                t = -v / dv
+            t[~np.isfinite(t) | (t <= 0.0) | (np.abs(v) <= margin)] = np.inf
+            j = int(np.argmin(t)) if t.size else 0
+            if t.size and np.isfinite(t[j]):
+                candidates.append((float(t[j]), sign, j, d))
+    for t, sign, j, d in sorted(candidates, key=lambda c: c[0])[:MAX_CROSSING_TRIES]:
+        crossed = z + (sign * t) * d
+        crossed[rows[j]] = -np.copysign(margin, v[j])  # just across the kink
+        r = residual(crossed)
+        found = _newton_step(residual, crossed, float(np.linalg.norm(r)), r, selection)
+        if found[2] is not None and found[2][1] < norm:
+            return found
+    return None
+
+
+MAX_CROSSING_TRIES = 2
+"""Crossings tried per stall (each costs a factorization): the nearest one in each
+direction usually, and on lp/medium the first or second one always, when any, helped."""
 
 
 def _newton_step(
-    residual: ResidualMap, z: np.ndarray, norm: float, r: np.ndarray, selection: Selection
+    residual: ResidualMap, z: np.ndarray, norm: float, r: np.ndarray, selection: Selection,
+    previous: ResidualJacobian | None = None,
 ) -> tuple[ResidualJacobian, np.ndarray, tuple[np.ndarray, float] | None]:
     """One semismooth Newton step from z (with N(z) = r): the Jacobian used, the point
-    where it was taken, and the accepted (point, ‖N‖), or None."""
+    where it was taken, and the accepted (point, ‖N‖), or None. ``previous``, the last
+    step's Jacobian, is used again when U is the same matrix (a diagonal J, as on the
+    orthant, that did not change: the same piece), with its factorization."""
     # Newton reads the pieces from the point as it is (a tolerance tied to ‖N‖ would
     # misassign the many near-zero entries of a rough SCS point and make U singular);
     # only rounding-level kinks get the named selection, as the derivative does.
     jac = residual.jacobian(
         z, selection=selection, kink_tol=KINK_RTOL * (1.0 + float(np.abs(z).max()))
     )
+    same = previous is not None and previous.factorized and _same_diagonal(previous, jac)
+    if same:
+        jac = previous
     # A Newton step needs no exact solve (the line search guards it): no LSQR fallback,
     # and first the plain LU solve, which skips the null-space analysis of a singular U
     # (harmless auxiliary null spaces are common); the minimum-norm step if that one is
     # not small (a null-space component blown up by the LU) or the line search rejects it.
+    # (With the previous LU, the caller's chord step was that plain LU step already.)
     direct = jac.ops.direct
-    accepted = _plain_lu_step(residual, z, norm, r, jac) if direct else None
+    accepted = _plain_lu_step(residual, z, norm, r, jac) if direct and not same else None
     if accepted is None:
         step, _ = jac.solve(r, method="direct" if direct else "auto")
         accepted = _line_search(residual, z, norm, step)
     return jac, z, accepted
+
+
+def _same_diagonal(a: ResidualJacobian, b: ResidualJacobian) -> bool:
+    """Whether both J are diagonal and equal (then so are the two U)."""
+    da = a.J.diagonal()
+    if da is None:
+        return False
+    db = b.J.diagonal()
+    return db is not None and np.array_equal(da, db)
 
 
 def _plain_lu_step(

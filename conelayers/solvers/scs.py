@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -402,15 +403,22 @@ class _ShareOutcome:
     keep: _Workspace | None = None
 
 
+OnSolved = Callable[[int, ConeSolution], None]
+"""Called in the solving thread with (index in the batch, solution) as soon as an
+instance is solved: the caller's per-instance work (Newton refinement) then overlaps the
+solves still running in the other threads."""
+
+
 def _solve_share(
     programs: list[ConeProgram], settings: dict, pool: WorkspacePool | None,
-    key: tuple | None, start: _CallStart,
+    key: tuple | None, start: _CallStart, indices: list[int] | None = None,
+    on_solved: OnSolved | None = None,
 ) -> _ShareOutcome:
     """One thread's share of ``solve_sharing_matrices``: reads nothing from the pool but
     an idle workspace (all idle ones are alike: never drifted, and SCS cold-starts)."""
     work = pool.take(key) if key is not None else None
     outcome = _ShareOutcome([], drift_hurts=start.drift_hurts)
-    for program in programs:
+    for i, program in enumerate(programs):
         if work is None:
             outcome.started_from_memory |= start.from_memory and not outcome.solutions
             solver = _workspace(program, start.settings)
@@ -444,6 +452,8 @@ def _solve_share(
         if work and outcome.drift_hurts and not work.initial_scale:
             work = None  # its scale moved and that has cost iterations here before
         outcome.solutions.append(sol)
+        if on_solved is not None:
+            on_solved(indices[i] if indices is not None else i, sol)
     if work and work.initial_scale:
         outcome.keep = work
     return outcome
@@ -470,7 +480,7 @@ def _learn(pool: WorkspacePool | None, key: tuple | None, outcomes: list[_ShareO
 
 def solve_sharing_matrices(
     programs: list[ConeProgram], settings: dict, pool: WorkspacePool | None = None,
-    shares: int = 1,
+    shares: int = 1, on_solved: OnSolved | None = None,
 ) -> list[ConeSolution]:
     """Solve instances that share A and P (the same objects) with one SCS workspace per
     share (``shares`` consecutive parts, run on as many threads): after the first, each
@@ -499,10 +509,12 @@ def solve_sharing_matrices(
     start = _CallStart.read(pool, key, settings)
     parts = [list(c) for c in np.array_split(np.arange(len(programs)), shares) if c.size]
     if len(parts) == 1:
-        outcomes = [_solve_share(programs, settings, pool, key, start)]
+        outcomes = [_solve_share(programs, settings, pool, key, start, None, on_solved)]
     else:
         outcomes = run_all(
-            lambda idx: _solve_share([programs[i] for i in idx], settings, pool, key, start),
+            lambda idx: _solve_share(
+                [programs[i] for i in idx], settings, pool, key, start, idx, on_solved
+            ),
             parts, len(parts),
         )
     _learn(pool, key, outcomes)
@@ -516,13 +528,14 @@ def _share_matrices(programs: list[ConeProgram]) -> bool:
 
 def solve_batch(
     programs: list[ConeProgram], settings: dict, n_jobs: int | None = None,
-    pool: WorkspacePool | None = None,
+    pool: WorkspacePool | None = None, on_solved: OnSolved | None = None,
 ) -> list[ConeSolution]:
     """Solve every instance (SCS releases the GIL, so threads run in parallel). When
     the instances share A and P, each thread reuses one SCS workspace for its share of
     the batch (``solve_sharing_matrices``), taken from and returned to ``pool`` if given
     (pass one only for matrices that stay the same objects across calls). A failed
-    instance does not stop the others: its status says what happened."""
+    instance does not stop the others: its status says what happened. ``on_solved`` is
+    called in the solving thread as each instance is solved (``OnSolved``)."""
     if not programs:
         return []
     jobs = batch_workers(len(programs), n_jobs)
@@ -531,7 +544,14 @@ def solve_batch(
     if pool is not None or (len(programs) > 1 and _share_matrices(programs)):
         if not _share_matrices(programs):
             raise ValueError("a workspace pool serves only instances sharing A and P")
-        return solve_sharing_matrices(programs, settings, pool, shares=jobs)
+        return solve_sharing_matrices(programs, settings, pool, jobs, on_solved)
+
+    def one(k: int) -> ConeSolution:
+        sol = solve(programs[k], settings)
+        if on_solved is not None:
+            on_solved(k, sol)
+        return sol
+
     if jobs == 1:
-        return [solve(p, settings) for p in programs]
-    return run_all(lambda p: solve(p, settings), programs, jobs)
+        return [one(k) for k in range(len(programs))]
+    return run_all(one, range(len(programs)), jobs)

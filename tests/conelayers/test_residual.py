@@ -248,3 +248,89 @@ def test_solution_from_z_reuses_the_last_projection_without_aliasing(socp):
         assert calls
     finally:
         del residual.cone.project_dual
+
+
+def _lp_core(n: int, m: int, seed: int) -> tuple[LayerCore, list[np.ndarray]]:
+    """The benchmark's LP: min cᵀx s.t. Ax ≤ b, 0 ≤ x ≤ 1 (a vertex solution, strictly
+    complementary for random data: n of the m + 2n rows active)."""
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((m, n))
+    c, b, x = cp.Parameter(n, name="c"), cp.Parameter(m, name="b"), cp.Variable(n, name="x")
+    core = LayerCore(cp.Problem(cp.Minimize(c @ x), [A @ x <= b, x >= 0, x <= 1]), [c, b], [x])
+    return core, [rng.standard_normal(n), A @ np.full(n, 0.5) + rng.uniform(0.1, 1.0, m)]
+
+
+def _lp_one_row_too_many(n: int, m: int, seed: int):
+    """The LP's exact solution z* and a point near it where the inactive row nearest to
+    its kink reads as active (its dual entry +|w*_i| instead of −|w*_i|), as SCS's rough
+    answer had it on 7 of 32 lp/medium draws."""
+    core, values = _lp_core(n, m, seed)
+    theta, _, _ = core.parameter_values(values)
+    residual = ResidualMap(core.instances(theta)[0], core.cone)
+    sol = solve(residual.program, {"eps_abs": 1e-9, "eps_rel": 1e-9, "verbose": False})
+    z_star, _ = newton_refine(residual, residual.z_from_solution(sol.x, sol.y, sol.s))
+    w = z_star[residual.n :]
+    inactive = np.flatnonzero(w < 0)
+    i = residual.n + inactive[np.argmax(w[inactive])]
+    z0 = z_star.copy()
+    z0[i] = -z0[i]
+    z0 += 1e-6 * np.random.default_rng(seed).standard_normal(z0.size)
+    return residual, z_star, z0
+
+
+@pytest.mark.parametrize("n, m", [(20, 10), (100, 60)])  # dense U (70), sparse U (360)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kink_crossing_leaves_a_singular_lp_piece(monkeypatch, n, m, seed):
+    """One row too many read as active makes U singular (n + 1 rows [−A_i, 0]) and the
+    least-squares Newton step stalls at a local minimum of ‖N‖ on that piece; the kink
+    crossing moves to the next piece and Newton ends at z* to rounding."""
+    residual, z_star, z0 = _lp_one_row_too_many(n, m, seed)
+    jac = residual.jacobian(z0)
+    assert jac.structurally_singular()
+    assert np.linalg.matrix_rank(jac.todense()) < jac.size
+    scale = 1 + np.linalg.norm(residual.program.b) + np.linalg.norm(residual.program.c)
+    z, info = newton_refine(residual, z0)
+    assert np.linalg.norm(residual(z)) <= 1e-12 * scale
+    np.testing.assert_allclose(z, z_star, atol=1e-8 * (1 + np.abs(z_star).max()))
+    # Without the crossing the same start stalls far above rounding.
+    monkeypatch.setattr("conelayers.residual.MAX_KINK_CROSSINGS", 0)
+    _, stalled = newton_refine(residual, z0)
+    assert stalled.residual_after > 1e-6 * scale
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("with_P", [False, True])
+def test_structurally_singular_only_for_singular_u(seed, with_P):
+    """The O(m) pattern test never calls a regular U singular: on random 0/1 diagonals J
+    with too many, too few and exactly n entries of 1, every U it flags has a rank
+    deficit (dense rank), and on an LP it flags every count of 1s other than n."""
+    rng = np.random.default_rng(seed)
+    n, m = 8, 20
+    A = sp.csc_matrix(rng.standard_normal((m, n)))
+    P = sp.csc_matrix(np.eye(n)) if with_P else None
+    program = ConeProgram(A, rng.standard_normal(m), rng.standard_normal(n),
+                          ConeDims(nonneg=m), P)
+    residual = ResidualMap(program)
+    for active in (n - 2, n - 1, n, n + 1, n + 3):
+        v = -np.ones(m)
+        v[rng.choice(m, active, replace=False)] = 1.0
+        jac = residual.jacobian(np.concatenate([np.zeros(n), v]))
+        rank = np.linalg.matrix_rank(jac.todense())
+        if jac.structurally_singular():
+            assert rank < n + m
+        if not with_P:
+            assert jac.structurally_singular() == (active != n)
+            assert (rank == n + m) == (active == n)
+
+
+def test_structurally_singular_u_is_factorized_shifted_at_once(capfd):
+    """A sparse U known to be singular is factorized with the shift straight away: no
+    failed plain attempt (SuperLU prints BLAS argument errors to stderr before it
+    raises on some of them), and the null space is still found."""
+    residual, _, z0 = _lp_one_row_too_many(100, 60, 0)
+    jac = residual.jacobian(z0)
+    assert jac.size > 200 and jac.structurally_singular()  # the sparse LU path
+    lu = jac.factorization()
+    assert residual.ops.hints.plain_tries == 0
+    assert lu.nullity == 1
+    assert "illegal value" not in capfd.readouterr().err
