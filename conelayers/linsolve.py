@@ -174,6 +174,31 @@ class FactorizationHints:
         self.plain_failures += int(failed)
 
 
+NATURAL_MAX_ENVELOPE = 20.0
+"""The natural order is tried only if M's envelope is at most this many times COLAMD's
+fill. Its fill stays inside the envelope (up to pivoting), so the bound caps the trial's
+cost: on the benchmark the envelope is 2.4–6.6 × COLAMD's fill where the natural order
+competes (lasso/large 43 vs 250 ms, qp/large 72 vs 120), and 334 and 1667 × on
+projection_simplex medium and large, whose dense sum row the natural order fills in
+(55 vs 7.5 ms, and 6.6 s vs 7.4 ms: the trial was a 6.5 s first call)."""
+
+
+def envelope(M: sp.spmatrix) -> int:
+    """Entries between the diagonal and the first nonzero of each row and column (the
+    variable band of M in its natural order), which contains an unpivoted LU's fill."""
+    size = M.shape[0]
+    total = 0
+    for compressed in (sp.csc_matrix(M), sp.csr_matrix(M)):
+        counts = np.diff(compressed.indptr)
+        first = np.arange(size)
+        filled = counts > 0
+        if compressed.nnz:
+            starts = compressed.indptr[:-1][filled]
+            first[filled] = np.minimum.reduceat(compressed.indices, starts)
+        total += int(np.maximum(np.arange(size) - first, 0).sum())
+    return total
+
+
 def _splu(M: sp.csc_matrix, hints: FactorizationHints) -> ThreadBound:
     """SuperLU of M (column ordering from the hints, or timed here), held so that it is
     freed in this thread (``_threads.ThreadBound``)."""
@@ -183,7 +208,7 @@ def _splu(M: sp.csc_matrix, hints: FactorizationHints) -> ThreadBound:
     t0 = time.perf_counter()
     lu = spla.splu(M, permc_spec="COLAMD")
     t_colamd = time.perf_counter() - t0
-    if t_colamd < FactorizationHints.TRIAL_S:
+    if t_colamd < FactorizationHints.TRIAL_S or envelope(M) > NATURAL_MAX_ENVELOPE * lu.nnz:
         hints.permc_spec = "COLAMD"
         return ThreadBound(lu)
     t0 = time.perf_counter()

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+import conelayers.linsolve as linsolve
 from conelayers.linsolve import FactorizationHints, NullSpaceLU, coupled_coordinates
 
 
@@ -133,3 +134,49 @@ def test_coupled_coordinates_are_the_components_holding_visible_ones():
         np.testing.assert_array_equal(
             coupled_coordinates(R, vis), coupled_coordinates(sp.csc_matrix(R), vis)
         )
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_envelope_counts_the_band_of_each_row_and_column(seed):
+    """envelope(M) = Σ_i (i − first nonzero column of row i)⁺ + Σ_j (j − first nonzero
+    row of column j)⁺, counted here entry by entry on a dense copy."""
+    rng = np.random.default_rng(seed)
+    M = sp.random(60, 60, density=0.05, random_state=seed, format="csc")
+    M = M + sp.diags((rng.random(60) > 0.3).astype(float))  # some rows, columns stay empty
+    D = M.toarray() != 0
+    expected = 0
+    for i in range(60):
+        for line in (D[i], D[:, i]):
+            nz = np.flatnonzero(line)
+            if nz.size:
+                expected += max(i - nz[0], 0)
+    assert linsolve.envelope(M) == expected
+
+
+def test_natural_order_not_tried_where_it_would_fill_the_envelope(monkeypatch):
+    """An arrow matrix with its dense row and column first (the simplex constraint of a
+    projection) fills completely in its natural order; COLAMD moves them last. Its
+    envelope is far above COLAMD's fill, so the natural order is never factorized,
+    whatever COLAMD took. A banded matrix is still timed both ways."""
+    monkeypatch.setattr(FactorizationHints, "TRIAL_S", 0.0)  # always consider the trial
+    orders = []
+    real = linsolve.spla.splu
+
+    def recording(M, permc_spec=None, **kwargs):
+        orders.append(permc_spec)
+        return real(M, permc_spec=permc_spec, **kwargs)
+
+    monkeypatch.setattr(linsolve.spla, "splu", recording)
+    n = 2000
+    arrow = sp.lil_matrix((n, n))
+    arrow.setdiag(4.0)
+    arrow[0, :] = 1.0
+    arrow[:, 0] = 1.0
+    arrow[0, 0] = float(n)
+    hints = FactorizationHints()
+    lu = NullSpaceLU(sp.csc_matrix(arrow), hints=hints)
+    assert orders == ["COLAMD"] and hints.permc_spec == "COLAMD" and lu.tiny_pivots == 0
+    orders.clear()
+    band = sp.diags([1.0, 4.0, 1.0], [-1, 0, 1], shape=(n, n), format="csc")
+    NullSpaceLU(band, hints=FactorizationHints())
+    assert orders == ["COLAMD", "NATURAL"]
