@@ -29,6 +29,7 @@ from canonicalize.program import (
     Recovery,
     SparseDataMap,
 )
+from canonicalize.substitute import substitute_defined_variables
 
 _SYMMETRIC_ATTRS = ("symmetric", "PSD", "NSD")
 
@@ -368,7 +369,9 @@ def _compile(
 
     With ``presolve`` (the default), epigraph variables of bounds such as
     ``norm(·) <= r`` are fixed at the bound where that leaves the optimal x unchanged
-    (``canonicalize.presolve``): fewer variables, and no harmless null space of U.
+    (``canonicalize.presolve``): fewer variables, and no harmless null space of U; then
+    variables defined by a two-entry equality (``sum_squares(x − p)``'s t) are
+    substituted out (``canonicalize.substitute``).
 
     With ``gp=True`` the problem is log-log convex (DGP): CVXPY's Dgp2Dcp reduction
     works in logs, so positive parameters enter θ as log(value) and variables come out
@@ -492,4 +495,6 @@ def _compile(
         constraints=constraint_rows,
         objective_sign=-1.0 if isinstance(problem.objective, cp.Maximize) else 1.0,
     )
-    return fix_bounded_epigraphs(program)[0] if presolve else program
+    if not presolve:
+        return program
+    return substitute_defined_variables(fix_bounded_epigraphs(program)[0])

@@ -133,6 +133,17 @@ class ParametricConeProgram:
     recoveries: tuple[Recovery, ...] = field(default=())
     constraints: tuple[ConstraintRows, ...] = field(default=())
     objective_sign: float = 1.0  # −1 when the user's problem maximizes: value = sign·p*
+    # ½θ̃ᵀQθ̃ added to the constant term (variables substituted out, canonicalize.substitute)
+    offset_quadratic: sp.csr_matrix | None = None
+
+    def offset(self, theta_tilde: np.ndarray) -> np.ndarray:
+        """The objective's constant term at θ̃ of shape (p+1,) or (p+1, B): shape (1,) or
+        (1, B)."""
+        value = self.offset_map @ theta_tilde
+        if self.offset_quadratic is not None:
+            quadratic = theta_tilde * (self.offset_quadratic @ theta_tilde)
+            value = value + 0.5 * np.sum(quadratic, axis=0, keepdims=True)
+        return value
 
     def constraint_at(self, row: int) -> ConstraintRows | None:
         """The constraint that owns cone row ``row`` (None if unknown)."""
@@ -166,7 +177,7 @@ class ParametricConeProgram:
             "A_values": self.A.values(tt),
             "b": self.b_map @ tt,
             "c": self.c_map @ tt,
-            "offset": self.offset_map @ tt,
+            "offset": self.offset(tt),
         }
         out["P_values"] = self.P.values(tt) if self.P is not None else None
         return out
@@ -178,9 +189,11 @@ class ParametricConeProgram:
         c_bar: np.ndarray,
         P_values_bar: np.ndarray | None = None,
         offset_bar: np.ndarray | None = None,
+        theta_tilde: np.ndarray | None = None,
     ) -> np.ndarray:
         """θ̄ from the gradients on the data (each of shape (·,) or (·, B)): the adjoint of
-        ``data``, without the constant's row."""
+        ``data``, without the constant's row. A quadratic offset needs θ̃ with
+        ``offset_bar``."""
         T = self._transposed_maps
         theta_bar = T["b"] @ b_bar + T["c"] @ c_bar
         if A_values_bar is not None:  # None: A is constant, nothing to pass back
@@ -189,6 +202,10 @@ class ParametricConeProgram:
             theta_bar = theta_bar + T["P"] @ P_values_bar
         if offset_bar is not None:
             theta_bar = theta_bar + T["offset"] @ offset_bar
+            if self.offset_quadratic is not None:
+                if theta_tilde is None:
+                    raise ValueError("a quadratic offset's adjoint needs theta_tilde")
+                theta_bar = theta_bar + (self.offset_quadratic @ theta_tilde) * offset_bar
         return np.asarray(theta_bar)[:-1]
 
     @cached_property

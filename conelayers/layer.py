@@ -336,7 +336,8 @@ class LayerCore:
         presolve: bool = True,
     ) -> None:
         """``presolve=False`` keeps CVXPY's cone program as it is (see
-        ``canonicalize.presolve`` for what the default removes)."""
+        ``canonicalize.presolve`` and ``canonicalize.substitute`` for what the default
+        removes)."""
         try:
             program = compile_problem(problem, parameters, variables, gp=gp, presolve=presolve)
         except CanonicalizationError as err:

@@ -52,7 +52,7 @@ class Sensitivity:
         x, _, _ = residual.solution_from_z(z)
         data = residual.program
         theta_tilde = prog.theta_tilde(self.result.theta[:, 0])
-        value = float(data.c @ x) + float((prog.offset_map @ theta_tilde)[0])
+        value = float(data.c @ x) + float(prog.offset(theta_tilde)[0])
         if data.P is not None:
             value += 0.5 * float(x @ (data.P @ x))
         return prog.objective_sign * value
@@ -129,7 +129,9 @@ class Sensitivity:
         x, y, _ = self.result.residuals[0].solution_from_z(self.result.points[0])
         A_bar = self.core.A_pattern.outer(y, x)
         P_bar = 0.5 * self.core.P_pattern.outer(x, x) if self.core.P_pattern else None
-        theta_bar = prog.data_adjoint(A_bar, -y, x, P_bar, offset_bar=np.ones(1))
+        theta_tilde = prog.theta_tilde(self.result.theta[:, 0])
+        theta_bar = prog.data_adjoint(A_bar, -y, x, P_bar, offset_bar=np.ones(1),
+                                      theta_tilde=theta_tilde)
         theta_bar = prog.objective_sign * theta_bar
         divide_by_log_values(theta_bar, prog, self.result.theta[:, 0])
         return dict(zip(self.parameter_names, prog.split_theta(theta_bar)))

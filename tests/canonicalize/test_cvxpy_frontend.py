@@ -120,11 +120,12 @@ def test_error_wrong_container_types():
 def test_constraint_rows_name_the_users_constraints_by_position():
     """Rows of a user's constraint are labelled with its index in problem.constraints and
     its text without the zero CVXPY adds to X >> 0; canonicalization's own rows are
-    labelled auxiliary. The rows of each label cover exactly that constraint's cone."""
+    labelled auxiliary. The rows of each label cover exactly that constraint's cone.
+    (CVXPY's program: the presolve substitutes the auxiliary rows of sum_squares out.)"""
     C = cp.Parameter((3, 3), name="C")
     X = cp.Variable((3, 3), symmetric=True, name="X")
     prob = cp.Problem(cp.Minimize(cp.sum_squares(X - C)), [X >> 0, cp.diag(X) == 1])
-    program = compile_problem(prob, [C], [X])
+    program = compile_problem(prob, [C], [X], presolve=False)
     by_label = {c.label: c for c in program.constraints}
     assert "constraints[0]: X >> 0" in by_label
     assert by_label["constraints[0]: X >> 0"].stop - by_label["constraints[0]: X >> 0"].start == 6

@@ -16,6 +16,7 @@ import pytest
 
 from canonicalize import compile_problem
 from canonicalize.presolve import fix_bounded_epigraphs, fixable_epigraphs
+from canonicalize.substitute import substitute_defined_variables
 from conelayers.exceptions import ConelayersWarning, NonsmoothPointWarning
 from conelayers.layer import LayerCore
 
@@ -77,7 +78,8 @@ def test_fixes_the_epigraph_variables_and_their_bound_rows(name):
     assert (program.n, program.m) == (raw.n - count, raw.m - count)
     assert program.dims.size == program.m
     assert program.dims.nonneg == raw.dims.nonneg - count
-    assert compile_problem(prob, params, outs).n == program.n  # the default presolves
+    # The default presolves (and then substitutes defined variables, test_substitute.py).
+    assert compile_problem(prob, params, outs).n == substitute_defined_variables(program).n
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -158,9 +160,10 @@ def test_requested_dual_of_the_bound_keeps_it_and_other_duals_move_with_their_ro
     for p_val in values:
         p.value = p_val
     _reference_solve(prob)
-    # Asking for the bound's dual keeps its row.
+    # Asking for the bound's dual keeps its row (sum_squares' variables are substituted).
     kept = compile_problem(prob, [p], [x, bound.dual_variables[0]])
-    assert kept.n == compile_problem(prob, [p], [x], presolve=False).n
+    raw = compile_problem(prob, [p], [x], presolve=False)
+    assert kept.n == substitute_defined_variables(raw).n < raw.n
     # Asking for another row's dual: the bound is fixed, the dual comes out right.
     core = LayerCore(prob, [p], [x, lower.dual_variables[0]])
     assert core.program.n == kept.n - 1

@@ -18,8 +18,9 @@ from conelayers.solvers.scs import solve
 TIGHT = {"eps_abs": 1e-9, "eps_rel": 1e-9, "max_iters": 50_000}
 
 
-def _nearest_correlation(n: int = 12) -> LayerCore:
-    """min ‖X − C‖²_F s.t. X ⪰ 0, diag X = 1: P ≻ 0 on null(A_zero), so K is regular."""
+def _nearest_correlation(n: int = 14) -> LayerCore:
+    """min ‖X − C‖²_F s.t. X ⪰ 0, diag X = 1: P ≻ 0 on null(A_zero), so K is regular.
+    (n = 14: U of size 224, above DENSE_MAX_SIZE once the presolve substitutes X − C.)"""
     C = cp.Parameter((n, n), name="C")
     X = cp.Variable((n, n), symmetric=True, name="X")
     prob = cp.Problem(cp.Minimize(cp.sum_squares(X - C)), [X >> 0, cp.diag(X) == 1])
@@ -51,7 +52,7 @@ def _refined_jacobian(core: LayerCore, value: np.ndarray):
 @pytest.mark.parametrize("transpose", [False, True])
 def test_schur_solve_matches_dense(transpose):
     core = _nearest_correlation()
-    _, jac = _refined_jacobian(core, _value(12, 0))
+    _, jac = _refined_jacobian(core, _value(14, 0))
     assert jac.size > residual_mod.DENSE_MAX_SIZE  # the sparse regime, where it applies
     lu = jac.factorization()
     assert isinstance(lu, SchurLU) and lu.tiny_pivots == 0
@@ -71,7 +72,7 @@ def test_schur_solve_matches_dense(transpose):
 
 def test_null_space_analysis_is_delegated_to_the_lu_of_u():
     core = _nearest_correlation()
-    _, jac = _refined_jacobian(core, _value(12, 2))
+    _, jac = _refined_jacobian(core, _value(14, 2))
     lu = jac.factorization()
     assert isinstance(lu, SchurLU)
     s = np.linalg.svd(jac.todense(), compute_uv=False)
@@ -116,7 +117,7 @@ def test_gradient_matches_finite_differences_and_the_sparse_path(monkeypatch):
     of tight re-solves (step 1e-5: the truncation error is O(h²) ≈ 1e-10 and the solve
     error ~1e-9/h ≈ 1e-4 of a difference, so 1e-5 relative), and against the same
     layer with the Schur path switched off (the same U, another factorization)."""
-    n = 12
+    n = 14
     C0 = _value(n, 4)
     W = _value(n, 5)
     core = _nearest_correlation(n)
@@ -154,7 +155,7 @@ def test_no_schur_block_when_a_parameter_enters_a():
 @pytest.mark.parametrize("transpose", [False, True])
 def test_schur_krylov_solve_matches_dense(transpose):
     core = _nearest_correlation()
-    _, jac = _refined_jacobian(core, _value(12, 8))
+    _, jac = _refined_jacobian(core, _value(14, 8))
     fixed = fixed_block(jac.program, core.factor_hints.schur_blocks, dense=False)
     assert fixed is not None
     krylov = SchurKrylov(fixed, jac.J)
