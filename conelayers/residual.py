@@ -43,6 +43,11 @@ bound on its stored entries, nnz(P) + nnz(A)(1 + largest cone block) + Σ block�
 within this budget: very sparse programs (projection_simplex/medium, N = 4001: backward
 2.2 → 0.9 ms and 99 → 27 ms at batch 32 against LSQR). Dense cone blocks (a PSD cone of
 order 60 alone is 1830² entries) stay with LSQR."""
+DIRECT_MAX_PSD_BLOCK = 1000
+"""Widest PSD cone (svec size) for which U is factorized directly when the Schur-Krylov
+solver applies instead: the cone's Jacobian block is dense, and its share of a sparse LU
+of U grows as its cube (sdp/large, one order-60 cone of 1830 rows: 430 ms per LU, against
+~15 ms for a Newton step with GMRES on the Schur complement)."""
 DENSE_MAX_SIZE = 200
 """Largest n + m for which U is factorized as a dense matrix (LAPACK): below it, building
 and ordering a sparse LU costs more than the dense O(N³) factorization (measured on the
@@ -71,7 +76,7 @@ class _Operators:
     ) -> None:
         self.hints = hints if hints is not None else FactorizationHints()
         m, n = program.A.shape
-        self.direct = prefers_direct(program)
+        self.direct = prefers_direct(program) and not _krylov_preferred(program, self.hints)
         if n + m <= DENSE_MAX_SIZE:
             self.A = program.A.toarray()
             self.AT = self.A.T
@@ -94,6 +99,15 @@ def prefers_direct(program: ConeProgram) -> bool:
     bound = program.A.nnz * (1 + widest) + sum(b * b for b in blocks)
     bound += dims.zero + dims.nonneg + (program.P.nnz if program.P is not None else 0)
     return bound <= SPARSE_DIRECT_MAX_NNZ
+
+
+def _krylov_preferred(program: ConeProgram, hints: FactorizationHints) -> bool:
+    """A PSD cone wider than DIRECT_MAX_PSD_BLOCK and a fixed, regular K for the
+    Schur-Krylov solver (built once per layer, ``conelayers.schur``)."""
+    widest = max((k * (k + 1) // 2 for k in program.dims.psd), default=0)
+    if widest <= DIRECT_MAX_PSD_BLOCK or not hints.constant_matrices:
+        return False
+    return fixed_block(program, hints.schur_blocks, dense=False) is not None
 
 
 class _Blocks:

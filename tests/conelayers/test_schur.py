@@ -209,3 +209,25 @@ def test_iterative_path_falls_back_to_lsqr_when_k_is_singular(monkeypatch):
     assert result.derivative(0).U.schur_krylov() is None
     assert result.derivative(0).last_solve.method == "lsqr"
     np.testing.assert_allclose(g, g_direct, rtol=1e-6, atol=1e-8)
+
+
+def test_wide_psd_cone_takes_schur_gmres_below_the_direct_size(monkeypatch):
+    """A PSD cone wider than DIRECT_MAX_PSD_BLOCK (lowered here to 50 < svec(12) = 78)
+    sends U to Schur–GMRES where K is regular, with the direct path's gradient; where K
+    is singular (max-cut) the sparse LU stays (LSQR would be the only alternative)."""
+    n = 12
+    C0, W = _value(n, 4), _value(n, 5)
+    g_direct = _gradient(_nearest_correlation(n), C0, W)
+    monkeypatch.setattr(residual_mod, "DIRECT_MAX_PSD_BLOCK", 50)
+    core = _nearest_correlation(n)
+    result = core.forward([C0], TIGHT)
+    (g,) = core.vjp(result, [W[None]])
+    derivative = result.derivative(0)
+    assert not derivative.U.ops.direct
+    assert derivative.last_solve.method == "schur-gmres"
+    np.testing.assert_allclose(g, g_direct, rtol=1e-8, atol=1e-10)
+    max_cut = _max_cut_relaxation(n)
+    result = max_cut.forward([_value(n, 10)], TIGHT)
+    max_cut.vjp(result, [W[None]])
+    assert result.derivative(0).U.ops.direct
+    assert result.derivative(0).last_solve.method != "lsqr"
