@@ -200,10 +200,22 @@ def test_maximize_objective_in_the_files_sense(tmp_path):
     np.testing.assert_allclose([top["a[0]"], top["a[1]"]], x.value, atol=1e-6)
 
 
+def _tiny_script(tmp_path) -> str:
+    """A CVXPY script with a parameter: settings errors need no shared data file."""
+    f = tmp_path / "tiny.py"
+    f.write_text(
+        "import cvxpy as cp\nimport numpy as np\n"
+        "x = cp.Variable(2, name='x')\n"
+        "a = cp.Parameter(2, name='a', value=np.array([1.0, 2.0]))\n"
+        "problem = cp.Problem(cp.Minimize(a @ x), [x >= 0, cp.sum(x) == 1])\n"
+    )
+    return str(f)
+
+
 @pytest.mark.parametrize("args", [["--solver-arg", "foo=1"], ["--eps", "-1"],
                                   ["--max-iters", "0"], ["--solver-arg", "eps_abs=abc"]])
-def test_bad_solver_settings_exit_2_with_one_line(args, capsys):
-    path = str(SHARED / "maros_meszaros" / "HS21.mat")
+def test_bad_solver_settings_exit_2_with_one_line(args, tmp_path, capsys):
+    path = _tiny_script(tmp_path)
     assert main(["diagnose", path, "--quiet", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "SettingsError" in err[0] and "solver_args" in err[0]
@@ -315,7 +327,7 @@ def test_unreadable_mat_file_exits_2_with_one_line(tmp_path, capsys, content):
 
 
 def test_plot_to_a_missing_directory_exits_2_with_one_line(tmp_path, capsys):
-    path = str(SHARED / "maros_meszaros" / "HS21.mat")
+    path = _tiny_script(tmp_path)
     out = tmp_path / "missing" / "figure.png"
     assert main(["diagnose", path, "--quiet", "--plot", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
