@@ -384,9 +384,18 @@ def _compile(
     _check_parameters(problem, parameters)
     _check_variables(problem, variables)
 
-    data, chain, inverse_data = problem.get_problem_data(
-        cp.SCS, gp=gp, enforce_dpp=True, solver_opts={"use_quad_obj": True}
-    )
+    try:
+        data, chain, inverse_data = problem.get_problem_data(
+            cp.SCS, gp=gp, enforce_dpp=True, solver_opts={"use_quad_obj": True}
+        )
+    except cp.error.DPPError as err:
+        # is_dpp() passed, but a reduction multiplied parameters together (quad_form of
+        # a parameter-dependent expression, e.g. quad_form(x - p, G)).
+        raise CanonicalizationError(
+            "the problem is not DPP once CVXPY canonicalizes it (a parameter enters a "
+            "product with itself or another parameter, e.g. quad_form(x - p, G): write "
+            "sum_squares(L @ (x - p)) with G = L^T L instead): " + str(err).split(".")[0]
+        ) from err
     log_params: dict[int, int] = {}
     log_vars: dict[int, int] = {}
     if gp:
@@ -494,6 +503,7 @@ def _compile(
         recoveries=tuple(recoveries),
         constraints=constraint_rows,
         objective_sign=-1.0 if isinstance(problem.objective, cp.Maximize) else 1.0,
+        objective_exp=gp,
     )
     if not presolve:
         return program

@@ -135,6 +135,9 @@ class ParametricConeProgram:
     objective_sign: float = 1.0  # −1 when the user's problem maximizes: value = sign·p*
     # ½θ̃ᵀQθ̃ added to the constant term (variables substituted out, canonicalize.substitute)
     offset_quadratic: sp.csr_matrix | None = None
+    # The user's objective is exp of this program's (log-log convex problems: CVXPY's
+    # Dgp2Dcp minimizes log f), so its optimal value is exp(sign·p*).
+    objective_exp: bool = False
 
     def offset(self, theta_tilde: np.ndarray) -> np.ndarray:
         """The objective's constant term at θ̃ of shape (p+1,) or (p+1, B): shape (1,) or

@@ -10,7 +10,8 @@ A variable t is substituted when
 
 - its column of A holds one constant entry a, in a zero-cone row r;
 - row r holds one other constant entry g, of a kept variable x: t = (b_r(θ) − g x)/a;
-- t is not an output, no dual output reads row r, and P (if any) is constant.
+- t is not an output, no dual output reads row r, and P (if any) is constant;
+- 1/10 ≤ |g/a| ≤ 10 (``MAX_GAIN``: the substitution scales t's curvature by (g/a)²).
 
 Then z = M w + B θ̃ for the kept variables w (M: identity on them, −g/a from x to t;
 B: b_r/a into t), and the objective ½zᵀPz + c(θ)ᵀz becomes
@@ -31,6 +32,13 @@ import numpy as np
 import scipy.sparse as sp
 
 from canonicalize.program import ConstraintRows, ParametricConeProgram, SparseDataMap
+
+MAX_GAIN = 10.0
+"""Largest |g/a| (and smallest 1/MAX_GAIN) of a substituted variable t = (b − g x)/a: its
+curvature moves to x scaled by (g/a)², and a strongly scaled P leaves U numerically
+singular by its σ_min/σ_max (sum_squares(300·x − p): P' = 1.8e5, σ ratio below 1e-10,
+and the gradient came out as if a constraint were absent), where CVXPY's own form, the
+scale spread over A, is fine."""
 
 
 def substitutable(program: ParametricConeProgram) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -67,7 +75,13 @@ def substitutable(program: ParametricConeProgram) -> tuple[np.ndarray, np.ndarra
     others = is_candidate_row[rows] & ~defining
     partner[rows[others]] = cols[others]
     partner_ok[rows[others]] = constant[others]
-    chosen = np.flatnonzero(defining & is_candidate_row[rows] & partner_ok[rows])
+    partner_value = np.zeros(m)
+    value = values_map[:, -1].toarray().ravel()
+    partner_value[rows[others]] = value[others]
+    # P' = MᵀPM scales t's curvature by (g/a)²: keep that within MAX_GAIN² either way.
+    gain = np.abs(partner_value[rows]) / np.maximum(np.abs(value), 1e-300)
+    moderate = (gain <= MAX_GAIN) & (gain >= 1.0 / MAX_GAIN)
+    chosen = np.flatnonzero(defining & is_candidate_row[rows] & partner_ok[rows] & moderate)
     t, r = cols[chosen], rows[chosen]
     x = partner[r]
     # A partner must stay: drop a t that is another t's partner (and so keep chains out).

@@ -46,7 +46,13 @@ class Sensitivity:
 
     @property
     def objective(self) -> float:
-        """The optimal value in the problem's own sense (maximization included)."""
+        """The optimal value in the problem's own sense (maximization and log-log convex
+        problems included: CVXPY's problem.value)."""
+        value = self._program_objective()
+        return float(np.exp(value)) if self.program.objective_exp else value
+
+    def _program_objective(self) -> float:
+        """sign·p* of the cone program (log of the objective of a log-log convex one)."""
         prog = self.program
         residual, z = self.result.residuals[0], self.result.points[0]
         x, _, _ = residual.solution_from_z(z)
@@ -133,6 +139,8 @@ class Sensitivity:
         theta_bar = prog.data_adjoint(A_bar, -y, x, P_bar, offset_bar=np.ones(1),
                                       theta_tilde=theta_tilde)
         theta_bar = prog.objective_sign * theta_bar
+        if prog.objective_exp:  # d exp(v) = exp(v) dv
+            theta_bar = self.objective * theta_bar
         divide_by_log_values(theta_bar, prog, self.result.theta[:, 0])
         return dict(zip(self.parameter_names, prog.split_theta(theta_bar)))
 

@@ -93,6 +93,20 @@ def test_error_not_dpp():
         compile_problem(prob, [p, q], [x])
 
 
+def test_error_not_dpp_only_once_canonicalized_is_ours_with_a_rewrite():
+    """quad_form(x − p, G) passes is_dpp() and fails inside CVXPY's reductions: the
+    error is ours (not CVXPY's DPPError) and says how to write it; the rewrite works."""
+    x, p = cp.Variable(2, name="x"), cp.Parameter(2, name="p")
+    G = np.array([[2.0, 0.5], [0.5, 1.0]])
+    prob = cp.Problem(cp.Minimize(cp.quad_form(x - p, G)))
+    assert prob.is_dpp()
+    with pytest.raises(CanonicalizationError, match="not DPP once CVXPY.*sum_squares"):
+        compile_problem(prob, [p], [x])
+    L = np.linalg.cholesky(G).T  # G = LᵀL
+    rewritten = cp.Problem(cp.Minimize(cp.sum_squares(L @ (x - p))))
+    assert compile_problem(rewritten, [p], [x]).n >= 2
+
+
 def test_error_parameter_mismatch_names_parameter():
     x, p, prob = _simple()
     other = cp.Parameter(3, name="other")

@@ -187,3 +187,24 @@ def test_no_substitution_leaves_the_program_as_it_is():
     prob = cp.Problem(cp.Minimize(c @ x), [x >= 0, cp.sum(x) == 1])
     raw = compile_problem(prob, [c], [x], presolve=False)
     assert substitute_defined_variables(raw) is raw
+
+
+@pytest.mark.parametrize("k", [0.05, 2.0, 300.0, 1000.0])
+def test_scaled_definitions_keep_the_closed_form_gradient(k):
+    """sum_squares(k·x − p) s.t. Σx = 1: dx*/dp = (I − 11ᵀ/3)/k. Substituting t = kx − p
+    puts 2k² into P; beyond MAX_GAIN (k = 300: σ_min/σ_max of U below 1e-10, judged
+    singular) the gradient came out as w/k, as if Σx = 1 were absent, so such rows keep
+    CVXPY's form. 1e-7 relative: refined solves, a regular U."""
+    x, p = cp.Variable(3, name="x"), cp.Parameter(3, name="p")
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(k * x - p)), [cp.sum(x) == 1])
+    raw = compile_problem(prob, [p], [x], presolve=False)
+    substituted = compile_problem(prob, [p], [x]).n < raw.n
+    assert substituted == (1 / 10 <= k <= 10)
+    w = np.array([1.0, 2.0, 3.0])
+    core = LayerCore(prob, [p], [x])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConelayersWarning)
+        result = core.forward([np.array([0.5, -1.0, 2.0])], TIGHT)
+        (g,) = core.vjp(result, [w[None]])
+    exact = (np.eye(3) - 1.0 / 3.0) @ w / k
+    np.testing.assert_allclose(np.ravel(g), exact, rtol=1e-7, atol=1e-9 / k)

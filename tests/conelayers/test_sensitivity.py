@@ -124,3 +124,23 @@ def test_nan_tangent_gives_nan_without_a_false_diagnosis():
         out = sens.jvp({"c": [np.nan, 0.0, 0.0]})
         grads = sens.vjp({"x": [np.nan, 1.0, 1.0]})
     assert np.all(np.isnan(out["x"])) and np.all(np.isnan(grads["c"]))
+
+
+def test_log_log_convex_objective_and_gradient_are_the_users_closed_forms():
+    """gp=True: the cone program minimizes log f, and the value and its gradient are
+    reported for f itself. min a·x + b/x = 2√(ab) (d/da = √(b/a), d/db = √(a/b)); max x·y
+    s.t. a·x + b·y ≤ 1 is 1/(4ab) (d/da = −1/(4a²b)). Tight solves: 1e-7 relative."""
+    x, y = cp.Variable(pos=True, name="x"), cp.Variable(pos=True, name="y")
+    a, b = cp.Parameter(pos=True, name="a"), cp.Parameter(pos=True, name="b")
+    a.value, b.value = 2.0, 3.0
+    tight = {"eps": 1e-10, "max_iters": 100_000}
+    prob = cp.Problem(cp.Minimize(a * x + b / x))
+    sens = analyze(prob, [a, b], [x], solver_args=tight, gp=True)
+    assert sens.objective == pytest.approx(2 * np.sqrt(6.0), rel=1e-7)
+    grads = sens.objective_gradient()
+    assert float(grads["a"]) == pytest.approx(np.sqrt(3.0 / 2.0), rel=1e-7)
+    assert float(grads["b"]) == pytest.approx(np.sqrt(2.0 / 3.0), rel=1e-7)
+    prob = cp.Problem(cp.Maximize(x * y), [a * x + b * y <= 1])
+    sens = analyze(prob, [a, b], [x, y], solver_args=tight, gp=True)
+    assert sens.objective == pytest.approx(1 / 24, rel=1e-7)
+    assert float(sens.objective_gradient()["a"]) == pytest.approx(-1 / 48, rel=1e-7)
