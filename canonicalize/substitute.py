@@ -35,10 +35,10 @@ from canonicalize.program import ConstraintRows, ParametricConeProgram, SparseDa
 
 MAX_GAIN = 10.0
 """Largest |g/a| (and smallest 1/MAX_GAIN) of a substituted variable t = (b − g x)/a: its
-curvature moves to x scaled by (g/a)², and a strongly scaled P leaves U numerically
-singular by its σ_min/σ_max (sum_squares(300·x − p): P' = 1.8e5, σ ratio below 1e-10,
-and the gradient came out as if a constraint were absent), where CVXPY's own form, the
-scale spread over A, is fine."""
+curvature moves to x scaled by (g/a)². Found when U's singularity was judged unscaled
+(sum_squares(300·x − p): P' = 1.8e5, σ ratio below 1e-10, and the gradient came out as
+if a constraint were absent); U is judged on its equilibration now (linsolve), and the
+bound stays as a guard: CVXPY's own form spreads such a scale over A."""
 
 
 def substitutable(program: ParametricConeProgram) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -180,7 +180,7 @@ class _Instance:
                     nonunique = True
             images = self.parameter_image(left).reshape(-1, lu.nullity)
             param_w = float(np.linalg.norm(images, axis=0).max())
-        sigma = lu.sigma_min / lu.norm if lu.norm > 0 else 0.0
+        sigma = lu.sigma_ratio
         return SelectionCheck(
             name, jac.size, sigma, lu.nullity, out_w, param_w, nonunique, decoupled
         )

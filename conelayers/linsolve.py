@@ -9,7 +9,9 @@ component in both cases. ``NullSpaceLU`` instead
    exactly singular U is factorized shifted by a tiny multiple of I instead,
 2. runs block inverse iteration with that factorization to estimate the smallest
    singular values of U and, where they fall below ``rtol·‖U‖``, orthonormal bases R
-   and L of the right and left numerical null spaces,
+   and L of the right and left numerical null spaces; where the LU has tiny pivots, on
+   the Ruiz equilibration D_r U D_c instead (tiny pivots of a badly scaled but regular
+   U are scaling, not singularity), with the null vectors mapped back,
 3. solves the bordered system [[U, L], [Rᵀ, 0]] [w; μ] = [rhs; 0], which is
    nonsingular: w is the minimum-norm solution of the consistent part and ‖μ‖ measures
    how far rhs is from range(U) (0 for a consistent system).
@@ -243,12 +245,14 @@ class _SparseLU:
         # common) makes SuperLU raise; then factor U + δI. (Before it raises, SuperLU's
         # BLAS calls on the zero pivot's supernode print "On entry to DTRSV parameter
         # number 6 had an illegal value" to stderr: U known to be singular skips it.)
+        self.shifted = True  # U + δI factorized: U exactly (or known) singular
         if singular or hints.shift_first:
             self._lu = _splu(shifted(), hints)
         else:
             try:
                 self._lu = _splu(U, hints)
                 hints.record_plain(failed=False)
+                self.shifted = False
             except RuntimeError:
                 hints.record_plain(failed=True)
                 self._lu = _splu(shifted(), hints)
@@ -256,6 +260,7 @@ class _SparseLU:
         if not np.all(np.isfinite(self.pivots)) or self.pivots.min(initial=1.0) == 0.0:
             self._lu = _splu(shifted(), hints)
             self.pivots = np.abs(self._lu.value.U.diagonal())
+            self.shifted = True
 
     def solve(self, rhs: np.ndarray, transpose: bool) -> np.ndarray:
         return self._lu.value.solve(rhs, trans="T" if transpose else "N")
@@ -281,6 +286,47 @@ class _DenseLU:
         if info != 0:
             raise ValueError(f"LAPACK getrs failed (info = {info})")
         return out
+
+
+TINY_PIVOT_RTOL = 1e-9
+"""|pivot| ≤ this × the largest: the LU's sign of a (numerically) singular U."""
+
+
+def _tiny(pivots: np.ndarray) -> int:
+    return int(np.count_nonzero(pivots <= TINY_PIVOT_RTOL * max(pivots.max(initial=0.0),
+                                                                1e-300)))
+
+
+def equilibrate(U: sp.spmatrix | np.ndarray, iterations: int = 10) -> tuple[np.ndarray,
+                                                                           np.ndarray]:
+    """Ruiz scalings (r, c) with rows and columns of diag(r) U diag(c) of max-norm ≈ 1
+    (empty rows and columns keep 1)."""
+    absU = np.abs(U) if isinstance(U, np.ndarray) else abs(sp.csr_matrix(U))
+    r, c = np.ones(U.shape[0]), np.ones(U.shape[1])
+    for _ in range(iterations):
+        M = absU * r[:, None] * c[None, :] if isinstance(U, np.ndarray) else (
+            sp.diags(r) @ absU @ sp.diags(c))
+        rows = np.asarray(M.max(axis=1).toarray() if sp.issparse(M) else M.max(axis=1))
+        cols = np.asarray(M.max(axis=0).toarray() if sp.issparse(M) else M.max(axis=0))
+        rows, cols = rows.ravel(), cols.ravel()
+        r /= np.sqrt(np.where(rows > 0, rows, 1.0))
+        c /= np.sqrt(np.where(cols > 0, cols, 1.0))
+    return r, c
+
+
+class _ScaledLU:
+    """Solves with U = D_r⁻¹ Û D_c⁻¹ from an LU of Û: U w = b ⇔ w = D_c Û⁻¹ D_r b, and
+    Uᵀ w = b ⇔ w = D_r Û⁻ᵀ D_c b. Pivots are Û's."""
+
+    def __init__(self, inner: _DenseLU | _SparseLU, r: np.ndarray, c: np.ndarray) -> None:
+        self.inner, self.r, self.c = inner, r, c
+        self.pivots = inner.pivots
+
+    def solve(self, rhs: np.ndarray, transpose: bool) -> np.ndarray:
+        left, right = (self.c, self.r) if transpose else (self.r, self.c)
+        scale_in = left[:, None] if rhs.ndim == 2 else left
+        scale_out = right[:, None] if rhs.ndim == 2 else right
+        return scale_out * self.inner.solve(scale_in * rhs, transpose)
 
 
 class NullSpaceLU:
@@ -313,12 +359,38 @@ class NullSpaceLU:
             # estimated then (8 pairs of sparse products: 1.1 of 7 ms on qp/medium).
             self._lu = _SparseLU(U, lambda: self.shift, hints, singular)
         # Tiny pivots of the LU estimate the nullity, so one block usually suffices.
-        pivots = self._lu.pivots
-        self.tiny_pivots = int(
-            np.count_nonzero(pivots <= 1e-9 * max(pivots.max(initial=0.0), 1e-300))
-        )
+        self.tiny_pivots = _tiny(self._lu.pivots)
+        # What the singularity is judged on: U itself, or U equilibrated (below).
+        self._judged: tuple[sp.spmatrix | np.ndarray, _DenseLU | _SparseLU, float] | None
+        self._judged = None
+        self._scales: tuple[np.ndarray, np.ndarray] | None = None
+        if self.tiny_pivots and not singular and not getattr(self._lu, "shifted", False):
+            self._try_equilibrated(hints)
         self._block, self._seed = max(block, self.tiny_pivots + 2), seed
         self._analyzed = False
+
+    def _try_equilibrated(self, hints: FactorizationHints | None) -> None:
+        """Tiny pivots may be bad scaling, not singularity (1e6·sum_squares(x) with
+        Σx = 1: σ_min/σ_max = 7.5e-13, yet D_r U D_c is well conditioned). Factorize
+        Û = D_r U D_c (``equilibrate``): the null-space analysis judges Û (scale-free) and
+        maps its null vectors back; if Û's LU has no tiny pivot, U is regular and solves
+        go through that LU. (An exactly singular sparse U, shifted, is judged as it is.)"""
+        r, c = equilibrate(self.U)
+        if self.dense:
+            scaled = r[:, None] * self.U * c[None, :]
+            norm = estimate_norm(scaled)
+            inner: _DenseLU | _SparseLU = _DenseLU(scaled, shift_for(norm))
+        else:
+            scaled = sp.csc_matrix(sp.diags(r) @ self.U @ sp.diags(c))
+            norm = estimate_norm(scaled)
+            # Its own hints: this trial must not count as a failure of the layer's U.
+            order = hints.permc_spec if hints is not None else None
+            inner = _SparseLU(scaled, lambda: shift_for(norm), FactorizationHints(order))
+        self._judged = (scaled, inner, norm)
+        self._scales = (r, c)
+        if not _tiny(inner.pivots):
+            self._lu = _ScaledLU(inner, r, c)
+            self.tiny_pivots = 0
 
     @property
     def norm(self) -> float:
@@ -388,29 +460,47 @@ class NullSpaceLU:
 
     @property
     def sigma_min(self) -> float:
-        """Estimate of the smallest singular value of U."""
+        """Estimate of the smallest singular value of U (of Û where U was judged
+        equilibrated; see ``sigma_ratio``)."""
         self._analyze()
         return float(min(self._sigma_right.min(), self._sigma_left.min()))
+
+    @property
+    def sigma_ratio(self) -> float:
+        """σ_min/σ_max of the matrix the singularity is judged on (U, or Û)."""
+        norm = self._judged[2] if self._judged is not None else self.norm
+        return self.sigma_min / norm if norm > 0 else 0.0
+
+    @property
+    def equilibrated(self) -> bool:
+        """Whether U is judged on its equilibration Û (its plain LU had tiny pivots)."""
+        return self._scales is not None
 
     def _null_space(self, rng, block: int, transpose: bool) -> tuple[np.ndarray, np.ndarray]:
         """Orthonormal basis of the numerical null space of U (or Uᵀ), and the estimated
         smallest singular values, by two steps of block inverse iteration."""
         N = self.size
-        op = self.U.T if transpose else self.U
+        matrix, lu, norm = self._judged or (self.U, self._lu, self.norm)
+        op = matrix.T if transpose else matrix
         k = min(block, N)
         while True:
             X = _orthonormal(rng.standard_normal((N, k)))
             for _ in range(2):
-                X = _orthonormal(self._lu.solve(X, transpose))
+                X = _orthonormal(lu.solve(X, transpose))
             # Rayleigh–Ritz: singular vectors of U restricted to span(X).
             _, s, vt = np.linalg.svd(op @ X, full_matrices=False)
             order = np.argsort(s)
             s, vecs = s[order], X @ vt[order].T
-            small = s <= self.rtol * max(self.norm, 1e-300)
+            small = s <= self.rtol * max(norm, 1e-300)
             if small.all() and k < N:
                 k = min(2 * k, N)
                 continue
-            return vecs[:, small], s
+            vecs = vecs[:, small]
+            if self._scales is not None and vecs.shape[1]:
+                # Û n̂ = 0 ⇔ U (D_c n̂) = 0; Ûᵀ l̂ = 0 ⇔ Uᵀ (D_r l̂) = 0.
+                r, c = self._scales
+                vecs = _orthonormal((r if transpose else c)[:, None] * vecs)
+            return vecs, s
 
     def _refined_solve(self, rhs: np.ndarray, transpose: bool, steps: int = 4) -> np.ndarray:
         """Solve with the shifted LU, then iterative refinement against U."""

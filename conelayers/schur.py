@@ -319,6 +319,10 @@ class SchurLU:
         return self.exact.norm
 
     @property
+    def sigma_ratio(self) -> float:
+        return self.exact.sigma_ratio
+
+    @property
     def nullity(self) -> int:
         return self.exact.nullity
 

@@ -280,3 +280,24 @@ def test_singular_block_decoupled_from_outputs_is_silent():
     core_w = LayerCore(prob, [p, c], [w])
     with pytest.warns((NonUniqueSolutionWarning, SingularJacobianWarning)):
         _gradient(core_w, [np.array([0.5, -1.0, 2.0]), np.array([1.0, 0.0])])
+
+
+@pytest.mark.parametrize("checks", ["fast", "full"])
+@pytest.mark.parametrize("k", [10.0, 1e3, 1e4])
+def test_badly_scaled_regular_problem_is_not_reported_singular(k, checks):
+    """min k²‖x‖² − 2k pᵀx s.t. Σx = 1: U's σ_min/σ_max is ~7.5e-7/k² (7.5e-13 at
+    k = 1e3), yet its equilibration is well conditioned. Judged on that, no warning, and
+    the gradient is the closed form dx*/dp = (I − 11ᵀ/3)/k (it was w/k, the constraint
+    dropped as a "null space", with a SingularJacobianWarning). 1e-7 relative."""
+    x, p = cp.Variable(3, name="x"), cp.Parameter(3, name="p")
+    prob = cp.Problem(cp.Minimize(k**2 * cp.sum_squares(x) - 2 * k * p @ x),
+                      [cp.sum(x) == 1])
+    core = LayerCore(prob, [p], [x], presolve=False, checks=checks)
+    w = np.array([1.0, 2.0, 3.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConelayersWarning)
+        result = core.forward([np.array([0.5, -1.0, 2.0])],
+                              {"eps_abs": 1e-10, "eps_rel": 1e-10, "max_iters": 200_000})
+        (g,) = core.vjp(result, [w[None]])
+    exact = (np.eye(3) - 1.0 / 3.0) @ w / k
+    np.testing.assert_allclose(np.ravel(g), exact, rtol=1e-7, atol=1e-9 / k)

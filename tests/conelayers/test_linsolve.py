@@ -180,3 +180,53 @@ def test_natural_order_not_tried_where_it_would_fill_the_envelope(monkeypatch):
     band = sp.diags([1.0, 4.0, 1.0], [-1, 0, 1], shape=(n, n), format="csc")
     NullSpaceLU(band, hints=FactorizationHints())
     assert orders == ["COLAMD", "NATURAL"]
+
+
+def _badly_scaled(M: np.ndarray, spread: float, seed: int) -> tuple[np.ndarray, np.ndarray,
+                                                                    np.ndarray]:
+    """D_r M D_c with diagonal scales spread over ``spread`` decades, and the scales."""
+    rng = np.random.default_rng(seed)
+    r = 10.0 ** rng.uniform(-spread / 2, spread / 2, M.shape[0])
+    c = 10.0 ** rng.uniform(-spread / 2, spread / 2, M.shape[1])
+    return r[:, None] * M * c[None, :], r, c
+
+
+@pytest.mark.parametrize("kind", ["dense", "sparse"])
+def test_badly_scaled_regular_matrix_is_regular(kind):
+    """Scales over 12 decades give σ_min/σ_max far below 1e-10 and tiny LU pivots, but
+    the matrix is regular: judged on its equilibration (no null space, a σ ratio near
+    unscaled matrix's), and solves match numpy (relative to the solution: the
+    equilibrated system's condition is ~6e2)."""
+    M = _random_sparse(30, 30, seed=5)
+    S, _, _ = _badly_scaled(M, 12.0, seed=6)
+    s = np.linalg.svd(S, compute_uv=False)
+    assert s[-1] / s[0] < 1e-12
+    lu = NullSpaceLU(_as(kind, S))
+    assert lu.equilibrated and lu.tiny_pivots == 0
+    assert lu.nullity == 0 and lu.sigma_ratio > 1e-8
+    rhs = np.random.default_rng(7).standard_normal(30)
+    for transpose in (False, True):
+        w, inconsistency = lu.solve(rhs, transpose)
+        ref = np.linalg.solve(S.T if transpose else S, rhs)
+        op = S.T if transpose else S
+        assert inconsistency == 0.0
+        # Componentwise backward error (Oettli–Prager): a normwise residual means little
+        # at these scales (‖S‖‖w‖ ~ 1e15).
+        bound = np.abs(op) @ np.abs(w) + np.abs(rhs)
+        assert np.all(np.abs(op @ w - rhs) <= 1e-12 * bound)
+        np.testing.assert_allclose(w, ref, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["dense", "sparse"])
+def test_badly_scaled_singular_matrix_stays_singular(kind):
+    """Rank 28 of 30, scaled over 8 decades: still judged singular (nullity 2), with
+    null vectors of the matrix itself (mapped back from the equilibrated one where it
+    was used)."""
+    M = _random_sparse(30, 28, seed=8)
+    S, _, _ = _badly_scaled(M, 8.0, seed=9)
+    lu = NullSpaceLU(_as(kind, S))
+    assert lu.nullity == 2
+    R, L = lu.right_null, lu.left_null
+    scale = np.abs(S).max()
+    assert np.linalg.norm(S @ R) <= 1e-8 * scale and np.linalg.norm(S.T @ L) <= 1e-8 * scale
+    np.testing.assert_allclose(R.T @ R, np.eye(2), atol=1e-12)
