@@ -66,7 +66,10 @@ from conelayers.solvers.scs import (
 _OWN_KEYS = (
     "refine", "selection", "linear_solver_method", "n_jobs", "checks", "on_failure"
 )
-_OWN_DIRS = tuple(os.path.dirname(mod.__file__) + os.sep for mod in (conelayers, canonicalize))
+# (From __path__: a folder named like a package on sys.path, e.g. a checkout named
+# "conelayers" in the working directory, leaves __file__ None.)
+_OWN_DIRS = tuple(os.path.join(os.path.abspath(path), "") for mod in (conelayers, canonicalize)
+                  for path in mod.__path__)
 
 
 def _package_dirs() -> tuple[str, ...]:
@@ -676,9 +679,10 @@ class LayerCore:
         details = shortened([detail(i) for i in ordered], 3, "; ")
         if failures and on_failure == "nan":
             head = batch_label(ordered, len(solutions))
+            whose = "its" if len(ordered) == 1 else "their"
             warnings.warn(
-                f"{head}: no solution ({describe_failures(failures)}): their outputs are "
-                "NaN and their gradients zero (on_failure='nan')",
+                f"{head}: no solution ({describe_failures(failures)}): {whose} outputs are "
+                f"NaN and {whose} gradients zero (on_failure='nan')",
                 FailedInstanceWarning, stacklevel=user_stacklevel(),
             )
             return frozenset(failures)
