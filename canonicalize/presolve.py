@@ -65,18 +65,12 @@ def fixable_epigraphs(program: ParametricConeProgram) -> tuple[np.ndarray, np.nd
     rows, cols = A.row_col()
     if rows.size == 0 or m <= 1:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    values_map = sp.csr_matrix(A.values_map)
-    constant = np.diff(values_map[:, :-1].indptr) == 0
-    value = values_map[:, -1].toarray().ravel()
+    constant, value = A.constant_entries()
 
     nonneg = np.zeros(m, dtype=bool)
     nonneg[dims.zero : dims.zero + dims.nonneg] = True
     row_entries = np.bincount(rows, minlength=m)
-    dual_read = np.zeros(m, dtype=bool)
-    x_read = np.zeros(n, dtype=bool)
-    for rec in program.recoveries:
-        target = dual_read if rec.source == "y" else x_read
-        target[np.unique(rec.matrix.indices)] = True
+    x_read, dual_read = program.read_masks()
 
     upper = nonneg[rows] & (row_entries[rows] == 1) & constant & (value > 0) & ~dual_read[rows]
     loosening = (nonneg[rows] | _soc_heads(program)[rows]) & constant & (value <= 0)
@@ -98,7 +92,7 @@ def fixable_epigraphs(program: ParametricConeProgram) -> tuple[np.ndarray, np.nd
     return columns.astype(np.int64), upper_rows.astype(np.int64)
 
 
-def _keep_map(size: int, removed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def keep_map(size: int, removed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(mask of kept indices, new index of each old one; −1 where removed)."""
     keep = np.ones(size, dtype=bool)
     keep[removed] = False
@@ -107,8 +101,41 @@ def _keep_map(size: int, removed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return keep, new
 
 
-def _remove_columns(matrix: sp.csr_matrix, keep: np.ndarray) -> sp.csr_matrix:
+def remove_columns(matrix: sp.csr_matrix, keep: np.ndarray) -> sp.csr_matrix:
     return sp.csr_matrix(sp.csc_matrix(matrix)[:, np.flatnonzero(keep)])
+
+
+def restrict_entries(
+    data_map: SparseDataMap, kept_entries: np.ndarray, keep_cols: np.ndarray,
+    new_row: np.ndarray, shape: tuple[int, int],
+) -> SparseDataMap:
+    """``data_map`` with only ``kept_entries`` (none of them in a removed column), rows
+    renumbered by ``new_row`` and the removed columns (not ``keep_cols``) dropped."""
+    rows, cols = data_map.row_col()
+    return SparseDataMap(
+        shape=shape,
+        indices=new_row[rows[kept_entries]],
+        indptr=np.concatenate([[0], np.cumsum(np.bincount(
+            cols[kept_entries], minlength=data_map.shape[1])[keep_cols])]).astype(np.int64),
+        values_map=sp.csr_matrix(
+            sp.csr_matrix(data_map.values_map)[np.flatnonzero(kept_entries)]),
+    )
+
+
+def renumber_constraints(
+    constraints: tuple[ConstraintRows, ...], new_row: np.ndarray,
+) -> tuple[ConstraintRows, ...]:
+    """The constraints' row ranges after removing the rows where ``new_row`` is −1 (a
+    constraint whose rows are all gone is dropped)."""
+    m = new_row.size
+    kept_before = np.concatenate([[0], np.cumsum(new_row >= 0)])
+    out = []
+    for con in constraints:
+        start, stop = int(kept_before[min(con.start, m)]), int(kept_before[min(con.stop, m)])
+        if start == stop and con.stop > con.start:
+            continue
+        out.append(replace(con, start=start, stop=stop))
+    return tuple(out)
 
 
 def fix_bounded_epigraphs(
@@ -123,8 +150,7 @@ def fix_bounded_epigraphs(
     n, m = program.n, program.m
     A = program.A
     rows, cols = A.row_col()
-    values_map = sp.csr_matrix(A.values_map)
-    value = values_map[:, -1].toarray().ravel()
+    _, value = A.constant_entries()
 
     # b_k(θ) -= (A_kt / a) b_r(θ) for every row k ≠ r of a fixed column t.
     bound_of = np.full(n, -1, dtype=np.int64)
@@ -138,35 +164,21 @@ def fix_bounded_epigraphs(
     transfer = sp.csr_matrix(
         (weights, (rows[others], bound_of[cols[others]])), shape=(m, m)
     ) + sp.identity(m, format="csr")
-    keep_rows, new_row = _keep_map(m, upper_rows)
-    keep_cols, _ = _keep_map(n, columns)
+    keep_rows, new_row = keep_map(m, upper_rows)
+    keep_cols, new_col = keep_map(n, columns)
     b_map = sp.csr_matrix((transfer @ program.b_map)[np.flatnonzero(keep_rows)])
 
     # A without the fixed columns (whose entries include all of the removed rows').
-    kept_entries = ~in_fixed
-    new_indptr = np.concatenate([[0], np.cumsum(np.bincount(
-        cols[kept_entries], minlength=n)[keep_cols])]).astype(np.int64)
-    new_A = SparseDataMap(
-        shape=(m - upper_rows.size, n - columns.size),
-        indices=new_row[rows[kept_entries]],
-        indptr=new_indptr,
-        values_map=sp.csr_matrix(values_map[np.flatnonzero(kept_entries)]),
-    )
+    new_A = restrict_entries(A, ~in_fixed, keep_cols, new_row,
+                             (m - upper_rows.size, n - columns.size))
     P = program.P
     if P is not None:  # the fixed columns have no entries in P (no cost)
-        _, new_col = _keep_map(n, columns)
-        P_rows, P_cols = P.row_col()
-        P = SparseDataMap(
-            shape=(n - columns.size, n - columns.size),
-            indices=new_col[P_rows],
-            indptr=np.concatenate([[0], np.cumsum(np.bincount(
-                P_cols, minlength=n)[keep_cols])]).astype(np.int64),
-            values_map=P.values_map,
-        )
+        P = restrict_entries(P, np.ones(P.nnz, dtype=bool), keep_cols, new_col,
+                             (n - columns.size, n - columns.size))
 
     recoveries = tuple(
-        replace(rec, matrix=_remove_columns(rec.matrix, keep_cols if rec.source == "x"
-                                            else keep_rows))
+        replace(rec, matrix=remove_columns(rec.matrix, keep_cols if rec.source == "x"
+                                           else keep_rows))
         for rec in program.recoveries
     )
     dims = replace(program.dims, nonneg=program.dims.nonneg - int(upper_rows.size))
@@ -194,7 +206,6 @@ def _constraint_rows(
     if not program.constraints:
         return ()
     m = program.m
-    kept_before = np.concatenate([[0], np.cumsum(new_row >= 0)])
     owner = np.full(m, -1, dtype=np.int64)
     for i, con in enumerate(program.constraints):
         owner[con.start : min(con.stop, m)] = i
@@ -202,15 +213,12 @@ def _constraint_rows(
     entered = (bound_of[cols] >= 0) & (rows != bound_of[cols])
     absorbed_by = np.full(m, -1, dtype=np.int64)
     absorbed_by[rows[entered]] = owner[bound_of[cols[entered]]]
-    out = []
+    relabeled = []
     for con in program.constraints:
-        start, stop = int(kept_before[con.start]), int(kept_before[min(con.stop, m)])
-        if start == stop and con.stop > con.start:
-            continue
         bounds = absorbed_by[con.start : con.stop]
         bounds = bounds[bounds >= 0]
         if bounds.size and not con.user and program.constraints[bounds[0]].user:
             bound = program.constraints[bounds[0]]
             con = replace(con, label=bound.label, user=True, user_id=bound.user_id)
-        out.append(replace(con, start=start, stop=stop))
-    return tuple(out)
+        relabeled.append(con)
+    return renumber_constraints(tuple(relabeled), new_row)

@@ -111,6 +111,12 @@ class SparseDataMap:
         cols = np.repeat(np.arange(self.shape[1]), np.diff(self.indptr))
         return self.indices, cols
 
+    def constant_entries(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per stored entry: whether no parameter enters it, and its constant part."""
+        values_map = sp.csr_matrix(self.values_map)
+        constant = np.diff(values_map[:, :-1].indptr) == 0
+        return constant, values_map[:, -1].toarray().ravel()
+
 
 @dataclass(frozen=True)
 class ParametricConeProgram:
@@ -147,6 +153,15 @@ class ParametricConeProgram:
             quadratic = theta_tilde * (self.offset_quadratic @ theta_tilde)
             value = value + 0.5 * np.sum(quadratic, axis=0, keepdims=True)
         return value
+
+    def read_masks(self) -> tuple[np.ndarray, np.ndarray]:
+        """Masks of the x coordinates (n,) and the y rows (m,) the outputs read."""
+        x_read = np.zeros(self.n, dtype=bool)
+        y_read = np.zeros(self.m, dtype=bool)
+        for rec in self.recoveries:
+            target = y_read if rec.source == "y" else x_read
+            target[np.unique(rec.matrix.indices)] = True
+        return x_read, y_read
 
     def constraint_at(self, row: int) -> ConstraintRows | None:
         """The constraint that owns cone row ``row`` (None if unknown)."""

@@ -31,7 +31,8 @@ from dataclasses import replace
 import numpy as np
 import scipy.sparse as sp
 
-from canonicalize.program import ConstraintRows, ParametricConeProgram, SparseDataMap
+from canonicalize.presolve import keep_map, remove_columns, renumber_constraints, restrict_entries
+from canonicalize.program import ParametricConeProgram, SparseDataMap
 
 MAX_GAIN = 10.0
 """Largest |g/a| (and smallest 1/MAX_GAIN) of a substituted variable t = (b − g x)/a: its
@@ -50,15 +51,10 @@ def substitutable(program: ParametricConeProgram) -> tuple[np.ndarray, np.ndarra
         return empty, empty, empty
     A = program.A
     rows, cols = A.row_col()
-    values_map = sp.csr_matrix(A.values_map)
-    constant = np.diff(values_map[:, :-1].indptr) == 0
+    constant, value = A.constant_entries()
     col_entries = np.bincount(cols, minlength=n)
     row_entries = np.bincount(rows, minlength=m)
-    x_read = np.zeros(n, dtype=bool)
-    y_read = np.zeros(m, dtype=bool)
-    for rec in program.recoveries:
-        target = y_read if rec.source == "y" else x_read
-        target[np.unique(rec.matrix.indices)] = True
+    x_read, y_read = program.read_masks()
     # Entries that define their column: the column's only entry, in a two-entry zero row.
     defining = (
         (col_entries[cols] == 1) & (rows < dims.zero) & (row_entries[rows] == 2)
@@ -76,7 +72,6 @@ def substitutable(program: ParametricConeProgram) -> tuple[np.ndarray, np.ndarra
     partner[rows[others]] = cols[others]
     partner_ok[rows[others]] = constant[others]
     partner_value = np.zeros(m)
-    value = values_map[:, -1].toarray().ravel()
     partner_value[rows[others]] = value[others]
     # P' = MᵀPM scales t's curvature by (g/a)²: keep that within MAX_GAIN² either way.
     gain = np.abs(partner_value[rows]) / np.maximum(np.abs(value), 1e-300)
@@ -101,20 +96,14 @@ def substitute_defined_variables(program: ParametricConeProgram) -> ParametricCo
     n, m = program.n, program.m
     A = program.A
     rows, cols = A.row_col()
-    value = sp.csr_matrix(A.values_map)[:, -1].toarray().ravel()
+    _, value = A.constant_entries()
     entries = sp.csr_matrix((value, (rows, cols)), shape=(m, n))
     a = np.asarray(entries[r, t]).ravel()
     g = np.asarray(entries[r, x]).ravel()
 
-    keep_cols = np.ones(n, dtype=bool)
-    keep_cols[t] = False
-    new_col = np.full(n, -1, dtype=np.int64)
-    new_col[keep_cols] = np.arange(int(keep_cols.sum()))
-    n_new = int(keep_cols.sum())
-    keep_rows = np.ones(m, dtype=bool)
-    keep_rows[r] = False
-    new_row = np.full(m, -1, dtype=np.int64)
-    new_row[keep_rows] = np.arange(int(keep_rows.sum()))
+    keep_cols, new_col = keep_map(n, t)
+    keep_rows, new_row = keep_map(m, r)
+    n_new = n - int(t.size)
 
     # z = M w + B θ̃.
     kept = np.flatnonzero(keep_cols)
@@ -139,17 +128,11 @@ def substitute_defined_variables(program: ParametricConeProgram) -> ParametricCo
     else:
         c_map = MT @ c_map
 
-    kept_entries = keep_rows[rows] & keep_cols[cols]
-    new_A = SparseDataMap(
-        shape=(m - r.size, n_new),
-        indices=new_row[rows[kept_entries]],
-        indptr=np.concatenate([[0], np.cumsum(
-            np.bincount(cols[kept_entries], minlength=n)[keep_cols])]).astype(np.int64),
-        values_map=sp.csr_matrix(sp.csr_matrix(A.values_map)[np.flatnonzero(kept_entries)]),
-    )
+    new_A = restrict_entries(A, keep_rows[rows] & keep_cols[cols], keep_cols, new_row,
+                             (m - int(r.size), n_new))
     recoveries = tuple(
-        replace(rec, matrix=sp.csr_matrix(sp.csc_matrix(rec.matrix)[
-            :, np.flatnonzero(keep_cols if rec.source == "x" else keep_rows)]))
+        replace(rec, matrix=remove_columns(rec.matrix, keep_cols if rec.source == "x"
+                                           else keep_rows))
         for rec in program.recoveries
     )
     previous = program.offset_quadratic
@@ -190,18 +173,3 @@ def _constant_map(matrix: sp.csc_matrix, p: int) -> SparseDataMap | None:
     return SparseDataMap(matrix.shape, matrix.indices.astype(np.int64),
                          matrix.indptr.astype(np.int64), values)
 
-
-def renumber_constraints(
-    constraints: tuple[ConstraintRows, ...], new_row: np.ndarray,
-) -> tuple[ConstraintRows, ...]:
-    """The constraints' row ranges after removing the rows where ``new_row`` is −1 (a
-    constraint whose rows are all gone is dropped)."""
-    m = new_row.size
-    kept_before = np.concatenate([[0], np.cumsum(new_row >= 0)])
-    out = []
-    for con in constraints:
-        start, stop = int(kept_before[min(con.start, m)]), int(kept_before[min(con.stop, m)])
-        if start == stop and con.stop > con.start:
-            continue
-        out.append(replace(con, start=start, stop=stop))
-    return tuple(out)

@@ -195,11 +195,7 @@ def _embed(vectors: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def visible_coordinates(program: ParametricConeProgram) -> np.ndarray:
     """Mask of the coordinates of z = (u, v) the requested outputs read."""
-    visible = np.zeros(program.n + program.m, dtype=bool)
-    for rec in program.recoveries:
-        cols = np.unique(rec.matrix.indices)
-        visible[cols if rec.source == "x" else program.n + cols] = True
-    return visible
+    return np.concatenate(program.read_masks())
 
 
 def check_instance(

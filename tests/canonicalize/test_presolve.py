@@ -19,17 +19,7 @@ from canonicalize.presolve import fix_bounded_epigraphs, fixable_epigraphs
 from canonicalize.substitute import substitute_defined_variables
 from conelayers.exceptions import ConelayersWarning, NonsmoothPointWarning
 from conelayers.layer import LayerCore
-
-TIGHT = {"eps_abs": 1e-10, "eps_rel": 1e-10, "max_iters": 200_000}
-# Refined solves (‖N(z)‖ ~ 1e-12 relative) and the tight reference agree to ~1e-14 here;
-# 1e-8 leaves room for other platforms' rounding and still fails on any wrong row.
-VALUE_ATOL = 1e-8
-
-
-def _reference_solve(problem: cp.Problem) -> None:
-    # Clarabel at its defaults is only ~2e-6 accurate on several_socs; SCS this tight
-    # agrees with the refined solves to ~1e-14 on every family here.
-    problem.solve(solver=cp.SCS, eps_abs=1e-12, eps_rel=1e-12, max_iters=500_000)
+from tests.canonicalize.reference import TIGHT, VALUE_ATOL, reference_solve
 
 
 def _family(name: str):
@@ -91,7 +81,7 @@ def test_outputs_equal_the_unpresolved_program_and_cvxpy(name):
         raw = LayerCore(prob, params, outs, presolve=False).forward(values, TIGHT).outputs[0][0]
     for par, v in zip(params, values):
         par.value = v
-    _reference_solve(prob)
+    reference_solve(prob)
     np.testing.assert_allclose(fixed, raw, atol=VALUE_ATOL)
     np.testing.assert_allclose(fixed, outs[0].value, atol=VALUE_ATOL)
 
@@ -159,7 +149,7 @@ def test_requested_dual_of_the_bound_keeps_it_and_other_duals_move_with_their_ro
     values = [np.array([2.0, -1.0, 0.5])]
     for p_val in values:
         p.value = p_val
-    _reference_solve(prob)
+    reference_solve(prob)
     # Asking for the bound's dual keeps its row (sum_squares' variables are substituted).
     kept = compile_problem(prob, [p], [x, bound.dual_variables[0]])
     raw = compile_problem(prob, [p], [x], presolve=False)

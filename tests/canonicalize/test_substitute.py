@@ -19,15 +19,7 @@ from canonicalize.substitute import substitutable, substitute_defined_variables
 from conelayers.exceptions import ConelayersWarning
 from conelayers.layer import LayerCore
 from conelayers.sensitivity import analyze
-
-TIGHT = {"eps_abs": 1e-10, "eps_rel": 1e-10, "max_iters": 200_000}
-# Refined solves agree with the 1e-12 reference to ~1e-13 on these; 1e-8 leaves room for
-# other platforms' rounding and still fails on any wrong sign or coefficient of M or B.
-VALUE_ATOL = 1e-8
-
-
-def _reference_solve(problem: cp.Problem) -> None:
-    problem.solve(solver=cp.SCS, eps_abs=1e-12, eps_rel=1e-12, max_iters=500_000)
+from tests.canonicalize.reference import TIGHT, VALUE_ATOL, reference_solve
 
 
 def _family(name: str):
@@ -91,7 +83,7 @@ def test_outputs_equal_cvxpy_and_the_unsubstituted_program(name):
         raw = LayerCore(prob, params, outs, presolve=False).forward(values, TIGHT).outputs
     for par, v in zip(params, values):
         par.value = v
-    _reference_solve(prob)
+    reference_solve(prob)
     for got, old, ref in zip(new, raw, [o.value for o in outs]):
         np.testing.assert_allclose(got[0], old[0], atol=VALUE_ATOL)
         np.testing.assert_allclose(got[0], ref, atol=VALUE_ATOL)
@@ -129,7 +121,7 @@ def test_optimal_value_and_its_gradient_keep_the_quadratic_constant(name):
         warnings.simplefilter("ignore", ConelayersWarning)
         sens = analyze(prob, params, [o for o in outs if isinstance(o, cp.Variable)],
                        solver_args=TIGHT)
-    _reference_solve(prob)
+    reference_solve(prob)
     assert sens.objective == pytest.approx(prob.value, rel=1e-9, abs=1e-9)
     grads = sens.objective_gradient()
     d = [np.random.default_rng(5).standard_normal(np.shape(v)) for v in values]
@@ -138,7 +130,7 @@ def test_optimal_value_and_its_gradient_keep_the_quadratic_constant(name):
     def value(vals):
         for par, v in zip(params, vals):
             par.value = v
-        _reference_solve(prob)
+        reference_solve(prob)
         return prob.value
 
     fd = (value([v + h * di for v, di in zip(values, d)])
@@ -176,7 +168,7 @@ def test_not_substituted_where_the_variable_or_its_row_is_read():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConelayersWarning)
         out = LayerCore(prob, [p], [x, define.dual_variables[0]]).forward([p.value], TIGHT)
-    _reference_solve(prob)
+    reference_solve(prob)
     np.testing.assert_allclose(out.outputs[0][0], x.value, atol=VALUE_ATOL)
     np.testing.assert_allclose(out.outputs[1][0], define.dual_value, atol=VALUE_ATOL)
 
