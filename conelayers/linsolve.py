@@ -271,6 +271,8 @@ class _DenseLU:
     singular U factorizable; solves refine against U itself), or one factorized already
     (``factors``: what ``scipy.linalg.lu_factor`` returned for U + δI)."""
 
+    shifted = False  # δI is always added, and says nothing of U's singularity
+
     def __init__(
         self, U: np.ndarray, shift: float, factors: tuple[np.ndarray, np.ndarray] | None = None
     ) -> None:
@@ -301,14 +303,16 @@ def equilibrate(U: sp.spmatrix | np.ndarray, iterations: int = 10) -> tuple[np.n
                                                                            np.ndarray]:
     """Ruiz scalings (r, c) with rows and columns of diag(r) U diag(c) of max-norm ≈ 1
     (empty rows and columns keep 1)."""
-    absU = np.abs(U) if isinstance(U, np.ndarray) else abs(sp.csr_matrix(U))
+    dense = isinstance(U, np.ndarray)
+    absU = np.abs(U) if dense else abs(sp.csr_matrix(U))
     r, c = np.ones(U.shape[0]), np.ones(U.shape[1])
     for _ in range(iterations):
-        M = absU * r[:, None] * c[None, :] if isinstance(U, np.ndarray) else (
-            sp.diags(r) @ absU @ sp.diags(c))
-        rows = np.asarray(M.max(axis=1).toarray() if sp.issparse(M) else M.max(axis=1))
-        cols = np.asarray(M.max(axis=0).toarray() if sp.issparse(M) else M.max(axis=0))
-        rows, cols = rows.ravel(), cols.ravel()
+        if dense:
+            M = absU * r[:, None] * c[None, :]
+            rows, cols = M.max(axis=1), M.max(axis=0)
+        else:
+            M = sp.diags(r) @ absU @ sp.diags(c)
+            rows, cols = M.max(axis=1).toarray().ravel(), M.max(axis=0).toarray().ravel()
         r /= np.sqrt(np.where(rows > 0, rows, 1.0))
         c /= np.sqrt(np.where(cols > 0, cols, 1.0))
     return r, c
@@ -364,7 +368,7 @@ class NullSpaceLU:
         self._judged: tuple[sp.spmatrix | np.ndarray, _DenseLU | _SparseLU, float] | None
         self._judged = None
         self._scales: tuple[np.ndarray, np.ndarray] | None = None
-        if self.tiny_pivots and not singular and not getattr(self._lu, "shifted", False):
+        if self.tiny_pivots and not singular and not self._lu.shifted:
             self._try_equilibrated(hints)
         self._block, self._seed = max(block, self.tiny_pivots + 2), seed
         self._analyzed = False

@@ -33,16 +33,13 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from conelayers.cones import ConeJacobian
-from conelayers.linsolve import NullSpaceLU, refine_iteratively
+from conelayers.linsolve import TINY_PIVOT_RTOL, NullSpaceLU, refine_iteratively
 from conelayers.solvers.scs import ConeProgram
 
 SCHUR_MAX_ROWS = 1500
 """Largest number of non-zero-cone rows for a dense Schur complement."""
 SCHUR_MAX_FIXED_ENTRIES = 10_000_000
 """Bound on (n + zero rows) × (other rows): the dense K⁻¹[A_Vᵀ; 0] built once."""
-TINY_PIVOT_RTOL = 1e-9
-
-
 KRYLOV_RTOL = 1e-12
 """GMRES stops at this relative residual of the Schur system; the assembled solution is
 then checked against U itself (``ResidualJacobian.solve``)."""
